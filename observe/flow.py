@@ -1,0 +1,251 @@
+"""The Flow record: one value behind logs, metrics, `observe` and tests (no I/O here).
+
+Field names follow Hubble's flow.proto JSON (`time`, `verdict`, `drop_reason_desc`, `source`,
+`destination`, `IP`, `l4`, `l7`, `traffic_direction`, `node_name`, `Summary`, ...) so that
+users' jq filters written for `hubble observe -o json` keep working. `to_json()` gives the
+dict under `{"flow": ...}`; `Flow.from_json()` reads it back (for `--input-file`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class FlowVerdict(enum.Enum):
+    FORWARDED = "FORWARDED"
+    DROPPED = "DROPPED"
+    REDIRECTED = "REDIRECTED"
+    AUDIT = "AUDIT"
+    ERROR = "ERROR"
+    TRACED = "TRACED"
+
+
+class FlowType(enum.Enum):
+    L3_L4 = "L3_L4"
+    L7 = "L7"
+
+
+class EventKind(enum.Enum):
+    """Hubble's `-t/--type` vocabulary (event_type.type)."""
+
+    DROP = "drop"
+    TRACE = "trace"
+    L7 = "l7"
+    POLICY_VERDICT = "policy-verdict"
+
+
+@dataclass(slots=True)
+class FlowEndpoint:
+    """Hubble's Endpoint: identity, namespace, pod name and `k=v` label strings."""
+
+    identity: int = 0
+    namespace: str = ""
+    pod_name: str = ""
+    labels: list[str] = field(default_factory=list)
+    ID: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"identity": self.identity}
+        if self.ID:
+            out["ID"] = self.ID
+        if self.namespace:
+            out["namespace"] = self.namespace
+        if self.pod_name:
+            out["pod_name"] = self.pod_name
+        if self.labels:
+            out["labels"] = list(self.labels)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FlowEndpoint:
+        return cls(
+            identity=int(d.get("identity", 0)),
+            namespace=d.get("namespace", ""),
+            pod_name=d.get("pod_name", ""),
+            labels=list(d.get("labels", [])),
+            ID=int(d.get("ID", 0)),
+        )
+
+
+@dataclass(slots=True)
+class HttpInfo:
+    method: str = ""
+    url: str = ""
+    protocol: str = "HTTP/1.1"
+    code: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "url": self.url, "protocol": self.protocol}
+        if self.code:
+            out["code"] = self.code
+        if self.headers:
+            out["headers"] = [{"key": k, "value": v} for k, v in self.headers]
+        return out
+
+
+@dataclass(slots=True)
+class DnsInfo:
+    query: str = ""
+    ips: list[str] = field(default_factory=list)
+    ttl: int = 0
+    cnames: list[str] = field(default_factory=list)
+    rcode: int = 0
+    qtypes: list[str] = field(default_factory=list)
+    rrtypes: list[str] = field(default_factory=list)
+    observation_source: str = "proxy"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"query": self.query, "rcode": self.rcode,
+                               "observation_source": self.observation_source}
+        for name in ("ips", "cnames", "qtypes", "rrtypes"):
+            val = getattr(self, name)
+            if val:
+                out[name] = list(val)
+        if self.ttl:
+            out["ttl"] = self.ttl
+        return out
+
+
+@dataclass(slots=True)
+class Flow:
+    """One observed event. `time_ns` is wall-clock nanoseconds since the epoch."""
+
+    time_ns: int
+    verdict: FlowVerdict
+    kind: EventKind
+    src_ip: str = ""
+    dst_ip: str = ""
+    protocol: str = ""  # "TCP" | "UDP" | "ICMPv4" | ""
+    src_port: int = 0
+    dst_port: int = 0
+    tcp_flags: list[str] = field(default_factory=list)  # e.g. ["SYN"]
+    source: FlowEndpoint = field(default_factory=FlowEndpoint)
+    destination: FlowEndpoint = field(default_factory=FlowEndpoint)
+    drop_reason_desc: str = ""  # DropReason name, set iff verdict is DROPPED
+    traffic_direction: str = ""  # "INGRESS" | "EGRESS"
+    node_name: str = ""
+    is_reply: bool | None = None
+    l7_type: str = ""  # "REQUEST" | "RESPONSE" for L7 flows
+    latency_ns: int = 0
+    http: HttpInfo | None = None
+    dns: DnsInfo | None = None
+    source_names: list[str] = field(default_factory=list)
+    destination_names: list[str] = field(default_factory=list)
+    allowed_by: list[str] = field(default_factory=list)  # "ns/name" policy refs
+    denied_by: list[str] = field(default_factory=list)
+    summary: str = ""
+
+    @property
+    def type(self) -> FlowType:
+        return FlowType.L7 if self.kind is EventKind.L7 else FlowType.L3_L4
+
+    def to_json(self) -> dict[str, Any]:
+        ts = _dt.datetime.fromtimestamp(self.time_ns / 1e9, tz=_dt.UTC)
+        out: dict[str, Any] = {
+            "time": ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{self.time_ns % 1_000_000_000:09d}Z",
+            "verdict": self.verdict.value,
+            "Type": self.type.value,
+            "event_type": {"type": self.kind.value},
+            "node_name": self.node_name,
+            "source": self.source.to_json(),
+            "destination": self.destination.to_json(),
+            "Summary": self.summary,
+        }
+        if self.src_ip or self.dst_ip:
+            out["IP"] = {"source": self.src_ip, "destination": self.dst_ip, "ipVersion": "IPv4"}
+        if self.protocol in ("TCP", "UDP"):
+            l4: dict[str, Any] = {"source_port": self.src_port, "destination_port": self.dst_port}
+            if self.protocol == "TCP" and self.tcp_flags:
+                l4["flags"] = {f: True for f in self.tcp_flags}
+            out["l4"] = {self.protocol: l4}
+        elif self.protocol.startswith("ICMP"):
+            out["l4"] = {self.protocol: {}}
+        if self.drop_reason_desc:
+            out["drop_reason_desc"] = self.drop_reason_desc
+        if self.traffic_direction:
+            out["traffic_direction"] = self.traffic_direction
+        if self.is_reply is not None:
+            out["is_reply"] = self.is_reply
+        if self.http is not None or self.dns is not None:
+            l7: dict[str, Any] = {"type": self.l7_type or "REQUEST"}
+            if self.latency_ns:
+                l7["latency_ns"] = str(self.latency_ns)
+            if self.http is not None:
+                l7["http"] = self.http.to_json()
+            if self.dns is not None:
+                l7["dns"] = self.dns.to_json()
+            out["l7"] = l7
+        if self.source_names:
+            out["source_names"] = list(self.source_names)
+        if self.destination_names:
+            out["destination_names"] = list(self.destination_names)
+        key_allowed = "egress_allowed_by" if self.traffic_direction == "EGRESS" else "ingress_allowed_by"
+        key_denied = "egress_denied_by" if self.traffic_direction == "EGRESS" else "ingress_denied_by"
+        if self.allowed_by:
+            out[key_allowed] = [_policy_ref(p) for p in self.allowed_by]
+        if self.denied_by:
+            out[key_denied] = [_policy_ref(p) for p in self.denied_by]
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Flow:
+        """Inverse of to_json (accepts the `{"flow": ...}` wrapper too)."""
+        d = d.get("flow", d)
+        ts = _dt.datetime.strptime(d["time"][:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=_dt.UTC)
+        frac = d["time"][20:29].ljust(9, "0")
+        time_ns = int(ts.replace(microsecond=0).timestamp()) * 1_000_000_000 + int(frac)
+        ip = d.get("IP", {})
+        protocol, sport, dport, flags = "", 0, 0, []
+        for proto, l4 in d.get("l4", {}).items():
+            protocol = proto
+            sport, dport = int(l4.get("source_port", 0)), int(l4.get("destination_port", 0))
+            flags = sorted(l4.get("flags", {}))
+        l7 = d.get("l7") or {}
+        http = dns = None
+        if "http" in l7:
+            h = l7["http"]
+            http = HttpInfo(method=h.get("method", ""), url=h.get("url", ""),
+                            protocol=h.get("protocol", ""), code=int(h.get("code", 0)),
+                            headers=[(x["key"], x["value"]) for x in h.get("headers", [])])
+        if "dns" in l7:
+            x = l7["dns"]
+            dns = DnsInfo(query=x.get("query", ""), ips=list(x.get("ips", [])), ttl=int(x.get("ttl", 0)),
+                          cnames=list(x.get("cnames", [])), rcode=int(x.get("rcode", 0)),
+                          qtypes=list(x.get("qtypes", [])), rrtypes=list(x.get("rrtypes", [])),
+                          observation_source=x.get("observation_source", "proxy"))
+        direction = d.get("traffic_direction", "")
+        pre = "egress" if direction == "EGRESS" else "ingress"
+        return cls(
+            time_ns=time_ns,
+            verdict=FlowVerdict(d["verdict"]),
+            kind=EventKind(d.get("event_type", {}).get("type", "trace")),
+            src_ip=ip.get("source", ""), dst_ip=ip.get("destination", ""),
+            protocol=protocol, src_port=sport, dst_port=dport, tcp_flags=flags,
+            source=FlowEndpoint.from_json(d.get("source", {})),
+            destination=FlowEndpoint.from_json(d.get("destination", {})),
+            drop_reason_desc=d.get("drop_reason_desc", ""),
+            traffic_direction=direction, node_name=d.get("node_name", ""),
+            is_reply=d.get("is_reply"), l7_type=l7.get("type", ""),
+            latency_ns=int(l7.get("latency_ns", 0)), http=http, dns=dns,
+            source_names=list(d.get("source_names", [])),
+            destination_names=list(d.get("destination_names", [])),
+            allowed_by=[_policy_unref(p) for p in d.get(f"{pre}_allowed_by", [])],
+            denied_by=[_policy_unref(p) for p in d.get(f"{pre}_denied_by", [])],
+            summary=d.get("Summary", ""),
+        )
+
+
+def _policy_ref(ref: str) -> dict[str, str]:
+    ns, _, name = ref.rpartition("/")
+    out = {"name": name, "kind": "CiliumNetworkPolicy" if ns else "CiliumClusterwideNetworkPolicy"}
+    if ns:
+        out["namespace"] = ns
+    return out
+
+
+def _policy_unref(p: dict[str, str]) -> str:
+    return f"{p['namespace']}/{p['name']}" if p.get("namespace") else p["name"]

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up of a fresh Debian 12 machine for l7gate:
+#   Debian packages (bcc's Python bindings exist only as python3-bpfcc), kernel headers and
+#   the /lib/modules links bcc needs, and the project venv (.venv) built from Debian's
+#   /usr/bin/python3 with --system-site-packages so that `import bcc` works.
+# Safe to run again: every step checks before it acts. Needs root for apt and the links.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+DEB_PKGS=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-dev
+          iproute2 curl bind9-dnsutils dnsmasq-base socat wrk haproxy dnsperf procps iputils-ping
+          )
+
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# bcc needs kernel headers. This kernel ships none and has no CONFIG_IKHEADERS; Debian's
+# headers work for the network UAPI once build/ and source/ point at them (ARCHITECTURE.md).
+kver=$(uname -r)
+mod=/lib/modules/$kver
+if [ ! -e "$mod/build/include/generated/autoconf.h" ] && [ ! -e "$mod/build/Makefile" ]; then
+  hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$hdr" ] || [ -z "$common" ]; then
+    echo "setup: no Debian kernel headers found under /usr/src" >&2; exit 1
+  fi
+  mkdir -p "$mod"
+  ln -sfn "$hdr" "$mod/build"
+  ln -sfn "$common" "$mod/source"
+  echo "setup: linked $mod/build -> $hdr, source -> $common"
+fi
+
+# bpffs for pinned maps (normally mounted already).
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || true
+
+if [ ! -x "$VENV/bin/python" ]; then
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e '.[dev]'
+  touch "$stamp"
+fi
+"$VENV/bin/python" -c 'import bcc, yaml, re2, h11, httptools, uvloop, dnslib, prometheus_client, pyroute2' \
+  || { echo "setup: venv imports failed" >&2; exit 1; }
+echo "setup: ok ($("$VENV/bin/python" --version), venv $VENV)"
