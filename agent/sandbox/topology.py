@@ -69,7 +69,8 @@ MAX_LABEL_LEN = 63  # RFC 1123 label
 MAX_DNS_NAME_LEN = 253  # RFC 1035 §2.3.4 (text form)
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS_NAME = re.compile(r"([A-Za-z0-9_]([-A-Za-z0-9_]*[A-Za-z0-9])?\.)*[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
+_DNS_NAME = re.compile(r"([A-Za-z0-9_]([-A-Za-z0-9_]*[A-Za-z0-9])?\.)*"
+                       r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
 _LABEL_KEY = re.compile(r"([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 
@@ -169,6 +170,7 @@ class _Loader:
     def __init__(self, file: str) -> None:
         self.file = file
         self.used: dict[IPv4Address, int] = {}  # address -> line that claimed it
+        self.has_dns = False
 
     def err(self, node: YNode, message: str) -> ConfigError:
         return fail(self.file, node.line, message)
@@ -196,7 +198,7 @@ class _Loader:
 
     def scalar(self, node: YNode, what: str, kind: type) -> Any:
         if not isinstance(node, YScalar) or not isinstance(node.value, kind) \
-                or isinstance(node.value, bool) and kind is not bool:
+                or (isinstance(node.value, bool) and kind is not bool):
             raise self.err(node, f"{what} must be a {kind.__name__}")
         return node.value
 
@@ -322,9 +324,6 @@ class _Loader:
         explicit = {id(m): self.address(m.items["ip"], f"pod {ns}/{name} ip", n.pod_cidr)
                     for m, ns, name, n in parsed if "ip" in m.items}
         out = [self.pod(m, ns, name, n, explicit.get(id(m))) for m, ns, name, n in parsed]
-        dns_pods = [p for p in out if p.server == "dns"]
-        if len(dns_pods) > 1:
-            raise self.err(node or YScalar(None, 1), "at most one pod may be `server: dns`")
         return tuple(out)
 
     def pod(self, m: YMap, ns: str, name: str, node: Node, ip: IPv4Address | None) -> Pod:
@@ -336,15 +335,21 @@ class _Loader:
             if server not in SERVER_KINDS:
                 raise self.err(m.items["server"], f"pod {ns}/{name}: unknown server "
                                                   f"{server!r} (one of {', '.join(SERVER_KINDS)})")
+            if server == "dns" and self.has_dns:
+                raise self.err(m.items["server"], "at most one pod may be `server: dns` "
+                                                  "(every resolv.conf names it)")
+            self.has_dns = self.has_dns or server == "dns"
         ports: tuple[int, ...] = DEFAULT_PORTS.get(server or "", ())
         if "ports" in m.items:
             if server is None:
                 raise self.err(m.items["ports"], f"pod {ns}/{name}: ports need a server")
             ports = self.ports(m.items["ports"], f"pod {ns}/{name} ports")
-        labels = {"io.kubernetes.pod.namespace": ns,
-                  "io.cilium.k8s.policy.serviceaccount": "default",
-                  "io.cilium.k8s.policy.cluster": "default"}
-        labels.update(self.labels(m.items.get("labels"), f"pod {ns}/{name} labels"))
+        labels = self.labels(m.items.get("labels"), f"pod {ns}/{name} labels")
+        # What a Kubernetes pod carries in Cilium's view; the namespace label always
+        # tells the truth, the other two may be overridden by the topology.
+        labels.setdefault("io.cilium.k8s.policy.serviceaccount", "default")
+        labels.setdefault("io.cilium.k8s.policy.cluster", "default")
+        labels["io.kubernetes.pod.namespace"] = ns
         return Pod(namespace=ns, name=name, node=node.name, ip=ip, labels=labels,
                    server=server, ports=ports)
 
@@ -383,7 +388,7 @@ class _Loader:
             if any(e.name == name for e in out):
                 raise self.err(m.items["name"], f"duplicate external name {name!r}")
             ip = self.address(m.items["ip"], f"external {name} ip", cidr)
-            ports = DEFAULT_EXTERNAL_PORTS
+            ports: tuple[int, ...] = DEFAULT_EXTERNAL_PORTS
             if "ports" in m.items:
                 ports = self.ports(m.items["ports"], f"external {name} ports")
             out.append(External(name=name, ip=ip, ports=ports))
@@ -411,11 +416,15 @@ def render_endpoints(topology: Topology, uplink: str, interfaces: Mapping[str, s
 
     `interfaces` maps a pod ref `ns/name` to its node-side veth name.
     """
-    doc = {
-        "nodes": [{"name": n.name, "ip": str(n.ip), "pod_cidr": str(n.pod_cidr),
-                   "uplink": uplink} for n in topology.nodes],
-        "pods": [{"namespace": p.namespace, "name": p.name, "labels": dict(p.labels),
-                  "ip": str(p.ip), "node": p.node, "interface": interfaces[p.ref]}
-                 for p in topology.pods],
-    }
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+    nodes = [{"name": n.name, "ip": str(n.ip), "pod_cidr": str(n.pod_cidr), "uplink": uplink}
+             for n in topology.nodes]
+    pods = [{"namespace": p.namespace, "name": p.name, "labels": dict(p.labels),
+             "ip": str(p.ip), "node": p.node, "interface": interfaces[p.ref]}
+            for p in topology.pods]
+    lines = ["# Written by `l7gate sandbox up`; read by every node agent (agent/endpoints.py)."]
+    for key, items in (("nodes", nodes), ("pods", pods)):
+        lines.append(f"{key}:")
+        # One flow mapping per entry and line: easy to read and to grep.
+        lines += ["  - " + yaml.safe_dump(item, sort_keys=False, default_flow_style=True,
+                                          width=2**16).strip() for item in items]
+    return "\n".join(lines) + "\n"

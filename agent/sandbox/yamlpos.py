@@ -68,15 +68,23 @@ def parse(text: str, file: str) -> YNode | None:
 def _wrap(loader: yaml.SafeLoader, node: yaml.Node, file: str) -> YNode:
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves `<<:` merge keys like safe_load does
+        seen: set[object] = set()
+        for key_node, _ in node.value:  # duplicates among the keys written here
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise fail(file, key_node.start_mark.line + 1, f"duplicate key {key!r}")
+            seen.add(key)
+        # Resolve `<<:` merge keys like safe_load: merged entries come first, so the
+        # explicit ones written after them win.
+        loader.flatten_mapping(node)
         out = YMap(items={}, line=line)
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             key_line = key_node.start_mark.line + 1
             if not isinstance(key, str):
                 raise fail(file, key_line, f"mapping key must be a string, got {key!r}")
-            if key in out.items:
-                raise fail(file, key_line, f"duplicate key {key!r}")
             out.items[key] = _wrap(loader, value_node, file)
             out.key_lines[key] = key_line
         return out
