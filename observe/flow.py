@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,8 +184,8 @@ class Flow:
             out["source_names"] = list(self.source_names)
         if self.destination_names:
             out["destination_names"] = list(self.destination_names)
-        key_allowed = "egress_allowed_by" if self.traffic_direction == "EGRESS" else "ingress_allowed_by"
-        key_denied = "egress_denied_by" if self.traffic_direction == "EGRESS" else "ingress_denied_by"
+        pre = "egress" if self.traffic_direction == "EGRESS" else "ingress"
+        key_allowed, key_denied = f"{pre}_allowed_by", f"{pre}_denied_by"
         if self.allowed_by:
             out[key_allowed] = [_policy_ref(p) for p in self.allowed_by]
         if self.denied_by:
@@ -195,9 +196,7 @@ class Flow:
     def from_json(cls, d: dict[str, Any]) -> Flow:
         """Inverse of to_json (accepts the `{"flow": ...}` wrapper too)."""
         d = d.get("flow", d)
-        ts = _dt.datetime.strptime(d["time"][:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=_dt.UTC)
-        frac = d["time"][20:29].ljust(9, "0")
-        time_ns = int(ts.replace(microsecond=0).timestamp()) * 1_000_000_000 + int(frac)
+        time_ns = parse_time_ns(d["time"])
         ip = d.get("IP", {})
         protocol, sport, dport, flags = "", 0, 0, []
         for proto, l4 in d.get("l4", {}).items():
@@ -213,7 +212,8 @@ class Flow:
                             headers=[(x["key"], x["value"]) for x in h.get("headers", [])])
         if "dns" in l7:
             x = l7["dns"]
-            dns = DnsInfo(query=x.get("query", ""), ips=list(x.get("ips", [])), ttl=int(x.get("ttl", 0)),
+            dns = DnsInfo(query=x.get("query", ""), ips=list(x.get("ips", [])),
+                          ttl=int(x.get("ttl", 0)),
                           cnames=list(x.get("cnames", [])), rcode=int(x.get("rcode", 0)),
                           qtypes=list(x.get("qtypes", [])), rrtypes=list(x.get("rrtypes", [])),
                           observation_source=x.get("observation_source", "proxy"))
@@ -222,7 +222,7 @@ class Flow:
         return cls(
             time_ns=time_ns,
             verdict=FlowVerdict(d["verdict"]),
-            kind=EventKind(d.get("event_type", {}).get("type", "trace")),
+            kind=event_kind(d.get("event_type", {}).get("type", "trace")),
             src_ip=ip.get("source", ""), dst_ip=ip.get("destination", ""),
             protocol=protocol, src_port=sport, dst_port=dport, tcp_flags=flags,
             source=FlowEndpoint.from_json(d.get("source", {})),
@@ -237,6 +237,37 @@ class Flow:
             denied_by=[_policy_unref(p) for p in d.get(f"{pre}_denied_by", [])],
             summary=d.get("Summary", ""),
         )
+
+
+# Cilium's monitor message types (pkg/monitor/api/types.go), as real Hubble exports carry them.
+_MONITOR_TYPES = {1: EventKind.DROP, 4: EventKind.TRACE, 5: EventKind.POLICY_VERDICT,
+                  129: EventKind.L7}
+
+
+def event_kind(value: str | int) -> EventKind:
+    """`event_type.type` as we write it ("drop") or as Hubble exports it (1, 4, 5, 129)."""
+    if isinstance(value, int) or str(value).isdigit():
+        try:
+            return _MONITOR_TYPES[int(value)]
+        except KeyError:
+            raise ValueError(f"unsupported event type {value!r}") from None
+    return EventKind(value)
+
+
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_time_ns(text: str) -> int:
+    """RFC 3339 time (any fraction length, `Z` or offset, as protojson writes) -> epoch ns."""
+    m = _RFC3339.match(text.strip())
+    if m is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    base, frac, zone = m.groups()
+    zone = "+00:00" if zone == "Z" else zone
+    secs = int(_dt.datetime.fromisoformat(base + zone).timestamp())
+    return secs * 1_000_000_000 + int((frac or "").ljust(9, "0"))
 
 
 def _policy_ref(ref: str) -> dict[str, str]:

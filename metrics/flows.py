@@ -1,0 +1,119 @@
+"""The single place where flows become metrics (no I/O here).
+
+Contract: `FlowMetrics(metrics).observe(flow)` updates, from one `Flow`:
+- `hubble_flows_processed_total{type,subtype,verdict}` for every flow (Hubble's flow handler:
+  type L7/Drop/Trace/PolicyVerdict; subtype HTTP/DNS for L7, the observation point for traces).
+- `hubble_drop_total{reason,protocol}` for DROPPED flows, except policy-verdict events (they
+  repeat a drop the datapath already reported; counting both would double the drops).
+- httpV2 `hubble_http_requests_total{method,protocol,status,reporter}` and
+  `hubble_http_request_duration_seconds{method,reporter}` from HTTP *response* flows, so the
+  proxy must emit a response flow for the 403 it sends on a denied request.
+- `hubble_dns_queries_total` from DNS request flows (rcode "", ips_returned "0") and
+  `hubble_dns_responses_total` from DNS response flows.
+- `cilium_policy_l7_total{rule=received|forwarded|denied}` from L7 *request* flows; the proxies
+  count only `parse_errors` themselves (junk that never becomes a request flow).
+`lost(source, n)` counts lost events in `hubble_lost_events_total` (and the ring's own
+`l7gate_flow_ring_lost_total` when the source is the ring).
+"""
+
+from __future__ import annotations
+
+from metrics.registry import (
+    LOST_SOURCES,
+    AgentMetrics,
+    drop_protocol_label,
+    drop_reason_label,
+    ips_returned_label,
+    method_label,
+    protocol_label,
+    qtypes_label,
+    rcode_label,
+    status_label,
+)
+from observe.flow import EventKind, Flow, FlowVerdict
+
+
+def flow_type_labels(flow: Flow) -> tuple[str, str]:
+    """Hubble's (type, subtype) for flows_processed_total."""
+    match flow.kind:
+        case EventKind.L7:
+            return "L7", "HTTP" if flow.http is not None else "DNS" if flow.dns else ""
+        case EventKind.DROP:
+            return "Drop", ""
+        case EventKind.POLICY_VERDICT:
+            return "PolicyVerdict", ""
+        case EventKind.TRACE:
+            if flow.verdict is FlowVerdict.REDIRECTED:
+                return "Trace", "to-proxy"
+            return "Trace", "to-endpoint" if flow.traffic_direction == "INGRESS" else "to-stack"
+    return "Unknown", ""  # pragma: no cover - EventKind is closed
+
+
+def _reporter(flow: Flow) -> str:
+    # The proxy enforcing a pod's ingress sits at the server; for egress, at the client.
+    return "client" if flow.traffic_direction == "EGRESS" else "server"
+
+
+def _drop_protocol(flow: Flow) -> str:
+    if flow.http is not None:
+        return "HTTP"
+    if flow.dns is not None:
+        return "DNS"
+    return drop_protocol_label(flow.protocol)
+
+
+class FlowMetrics:
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.m = metrics
+
+    def observe(self, flow: Flow) -> None:
+        typ, sub = flow_type_labels(flow)
+        self.m.flows_processed.labels(typ, sub, flow.verdict.value).inc()
+        if flow.verdict is FlowVerdict.DROPPED and flow.kind is not EventKind.POLICY_VERDICT:
+            reason = drop_reason_label(flow.drop_reason_desc or "UNKNOWN")
+            self.m.drops.labels(reason, _drop_protocol(flow)).inc()
+        if flow.http is not None:
+            self._http(flow)
+        elif flow.dns is not None:
+            self._dns(flow)
+
+    def lost(self, source: str, count: int) -> None:
+        if count <= 0:
+            return
+        src = source.lower()
+        if src not in LOST_SOURCES:
+            src = "observer_events_queue"
+        self.m.lost_events.labels(src).inc(count)
+        if src == "hubble_ring_buffer":
+            self.m.flow_ring_lost.inc(count)
+
+    def _http(self, flow: Flow) -> None:
+        h = flow.http
+        assert h is not None
+        method = method_label(h.method)
+        if flow.l7_type == "RESPONSE":
+            reporter = _reporter(flow)
+            self.m.http_requests.labels(method, protocol_label(h.protocol),
+                                        status_label(h.code), reporter).inc()
+            if flow.latency_ns > 0:
+                self.m.http_duration.labels(method, reporter).observe(flow.latency_ns / 1e9)
+        else:
+            self._l7_rule(flow, "http")
+
+    def _dns(self, flow: Flow) -> None:
+        d = flow.dns
+        assert d is not None
+        qtypes = qtypes_label(d.qtypes)
+        if flow.l7_type == "RESPONSE":
+            self.m.dns_responses.labels(rcode_label(d.rcode), qtypes,
+                                        ips_returned_label(len(d.ips))).inc()
+        else:
+            self.m.dns_queries.labels("", qtypes, "0").inc()
+            self._l7_rule(flow, "dns")
+
+    def _l7_rule(self, flow: Flow, proxy_type: str) -> None:
+        self.m.policy_l7.labels("received", proxy_type).inc()
+        if flow.verdict is FlowVerdict.FORWARDED:
+            self.m.policy_l7.labels("forwarded", proxy_type).inc()
+        elif flow.verdict is FlowVerdict.DROPPED:
+            self.m.policy_l7.labels("denied", proxy_type).inc()

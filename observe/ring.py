@@ -1,0 +1,301 @@
+"""The agent's bounded in-memory flow ring (no I/O here).
+
+Contract:
+- `push(flow)` stores a flow under the next sequence number (1, 2, ...) and tells subscribers.
+- The ring holds at most `capacity` flows. When full, the oldest *trace* flow (FORWARDED,
+  REDIRECTED, ... L3/L4 events that are neither drops nor L7) is evicted first; drops and
+  L7 flows are evicted only when no trace is left. So "which pod was dropped and why" survives
+  a burst of forwarded traffic.
+- Every eviction is recorded as lost with its sequence number and flow time, coalesced into
+  `LossSpan`s, so an answer that spans evicted flows can say "N flows lost between T1 and T2".
+  Producers report losses before the ring (e.g. a BPF ringbuf that overflowed) with
+  `record_lost()`.
+- Readers: `after(seq)` (for follow), `last(n)`, `since(t_ns)`; each returns a `RingRead` with
+  the flows (oldest first) and the losses inside the window it covers.
+- Thread-safe (one lock): the BPF ringbuf reader may push from its own thread. Subscribers are
+  called synchronously from whichever thread pushes and must not block.
+- Time comes from the flows themselves and from an injected `clock` (epoch ns) for losses
+  reported without a flow.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from observe.flow import EventKind, Flow, FlowVerdict
+
+# Hubble's default ring is 4095 flows (--hubble-event-buffer-capacity); we keep the same
+# order of magnitude: ~1-2 KiB per Flow object keeps this under ~20 MiB.
+DEFAULT_CAPACITY = 8191
+# Loss spans are coalesced; beyond this many spans the oldest are merged away (the totals
+# stay exact, only the time resolution of very old losses is lost).
+MAX_LOSS_SPANS = 1024
+# An eviction joins the current span if it is within this many ns of it (1 s): answers then
+# read "N lost between T1 and T2" rather than one line per evicted flow.
+LOSS_SPAN_JOIN_NS = 1_000_000_000
+
+# Hubble's LostEventSource names (observer.proto).
+SOURCE_RING = "HUBBLE_RING_BUFFER"  # evicted from this ring
+SOURCE_QUEUE = "OBSERVER_EVENTS_QUEUE"  # a slow reader's queue overflowed
+SOURCE_PERF = "PERF_EVENT_RING_BUFFER"  # the BPF ringbuf overflowed before we saw it
+
+Subscriber = Callable[[int, Flow], None]
+
+
+def is_preferred(flow: Flow) -> bool:
+    """Drops and L7 flows are what users ask about; they outlive traces in a full ring."""
+    return (
+        flow.verdict is FlowVerdict.DROPPED
+        or flow.kind in (EventKind.DROP, EventKind.L7, EventKind.POLICY_VERDICT)
+    )
+
+
+@dataclass(slots=True)
+class LossSpan:
+    """`count` flows lost from `source`, with flow times in [first_ns, last_ns].
+
+    `first_seq`/`last_seq` bound the ring sequence numbers the lost flows had (0 when the
+    loss happened before the ring, e.g. in the BPF ringbuf: then only times are known).
+    """
+
+    source: str
+    count: int
+    first_ns: int
+    last_ns: int
+    first_seq: int = 0
+    last_seq: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "num_events_lost": self.count,
+            "first": _rfc3339(self.first_ns),
+            "last": _rfc3339(self.last_ns),
+        }
+
+
+def merge_losses(spans: Iterable[LossSpan]) -> LossSpan | None:
+    """One span covering all `spans` (source of the first; None when there is nothing)."""
+    out: LossSpan | None = None
+    for s in spans:
+        if out is None:
+            out = LossSpan(s.source, s.count, s.first_ns, s.last_ns, s.first_seq, s.last_seq)
+            continue
+        out.count += s.count
+        out.first_ns = min(out.first_ns, s.first_ns)
+        out.last_ns = max(out.last_ns, s.last_ns)
+        out.first_seq = min(out.first_seq, s.first_seq) if out.first_seq else s.first_seq
+        out.last_seq = max(out.last_seq, s.last_seq)
+    return out
+
+
+@dataclass(slots=True)
+class RingRead:
+    """The answer to one read: flows oldest first with their sequence numbers, and losses."""
+
+    flows: list[tuple[int, Flow]] = field(default_factory=list)
+    lost: list[LossSpan] = field(default_factory=list)
+    next_seq: int = 0  # pass to after() to continue where this read ended
+
+    @property
+    def lost_count(self) -> int:
+        return sum(s.count for s in self.lost)
+
+
+@dataclass(frozen=True, slots=True)
+class RingStats:
+    capacity: int
+    size: int
+    preferred: int
+    traces: int
+    seen_total: int
+    lost_total: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "capacity": self.capacity, "size": self.size, "preferred": self.preferred,
+            "traces": self.traces, "seen_total": self.seen_total, "lost_total": self.lost_total,
+        }
+
+
+class FlowRing:
+    """Bounded flow store with trace-first eviction and loss accounting (see module doc)."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY,
+                 clock: Callable[[], int] = time.time_ns,
+                 on_lost: Callable[[str, int], None] | None = None) -> None:
+        """`on_lost(source, count)` is told of every loss (wire it to FlowMetrics.lost)."""
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._preferred: deque[tuple[int, Flow]] = deque()
+        self._traces: deque[tuple[int, Flow]] = deque()
+        self._seq = 0
+        self._losses: deque[LossSpan] = deque()
+        self._lost_total = 0
+        self._subscribers: list[Subscriber] = []
+        self._on_lost = on_lost
+
+    # --- producer side -----------------------------------------------------------------
+
+    def push(self, flow: Flow) -> int:
+        """Store `flow`; returns its sequence number. Never blocks for long."""
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            evicted = len(self._preferred) + len(self._traces) >= self.capacity
+            if evicted:
+                self._evict_one()
+            (self._preferred if is_preferred(flow) else self._traces).append((seq, flow))
+            subscribers = list(self._subscribers)
+        if evicted and self._on_lost is not None:
+            self._on_lost(SOURCE_RING, 1)
+        for sub in subscribers:
+            sub(seq, flow)
+        return seq
+
+    def record_lost(self, count: int, source: str = SOURCE_PERF,
+                    first_ns: int | None = None, last_ns: int | None = None) -> None:
+        """Count flows lost before they reached the ring (e.g. BPF ringbuf overflow)."""
+        if count <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            self._add_loss(source, count, first_ns or now, last_ns or now, 0)
+        if self._on_lost is not None:
+            self._on_lost(source, count)
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Call `fn(seq, flow)` for every future push; returns the unsubscribe function."""
+        with self._lock:
+            self._subscribers.append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._subscribers:
+                    self._subscribers.remove(fn)
+
+        return unsubscribe
+
+    # --- reader side -------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def after(self, seq: int, pred: Callable[[Flow], bool] | None = None,
+              limit: int | None = None) -> RingRead:
+        """Flows with sequence number > `seq` (oldest first), at most `limit`."""
+        with self._lock:
+            items = [x for x in self._ordered() if x[0] > seq]
+            if limit is not None:
+                items = items[:limit]
+            hi = items[-1][0] if items else self._seq
+            lost = self._losses_between(seq + 1, hi, 0, 2**63)
+            return self._finish(items, pred, lost, hi)
+
+    def last(self, n: int, pred: Callable[[Flow], bool] | None = None) -> RingRead:
+        """The `n` newest flows matching `pred`, oldest first."""
+        with self._lock:
+            items = list(self._ordered())
+            if pred is not None:
+                items = [x for x in items if pred(x[1])]
+            items = items[-n:] if n > 0 else []
+            lo = items[0][0] if items else self._seq + 1
+            lost = self._losses_between(lo, self._seq, 0, 2**63)
+            return self._finish(items, None, lost, self._seq)
+
+    def first(self, n: int, pred: Callable[[Flow], bool] | None = None) -> RingRead:
+        """The `n` oldest flows still held that match `pred`."""
+        with self._lock:
+            items = [x for x in self._ordered() if pred is None or pred(x[1])][:max(n, 0)]
+            hi = items[-1][0] if items else self._seq
+            lost = self._losses_between(1, hi, 0, 2**63)
+            return self._finish(items, None, lost, hi)
+
+    def since(self, since_ns: int, until_ns: int | None = None,
+              pred: Callable[[Flow], bool] | None = None) -> RingRead:
+        """Flows with since_ns <= time < until_ns (until defaults to no bound), oldest first."""
+        upper = until_ns if until_ns is not None else 2**63
+        with self._lock:
+            items = [x for x in self._ordered() if since_ns <= x[1].time_ns < upper]
+            lost = self._losses_between(1, self._seq, since_ns, upper)
+            return self._finish(items, pred, lost, self._seq)
+
+    def losses(self) -> list[LossSpan]:
+        with self._lock:
+            return [LossSpan(s.source, s.count, s.first_ns, s.last_ns, s.first_seq, s.last_seq)
+                    for s in self._losses]
+
+    def stats(self) -> RingStats:
+        with self._lock:
+            return RingStats(self.capacity, len(self._preferred) + len(self._traces),
+                             len(self._preferred), len(self._traces), self._seq,
+                             self._lost_total)
+
+    # --- internals (lock held) -----------------------------------------------------------
+
+    def _ordered(self) -> Iterable[tuple[int, Flow]]:
+        return heapq.merge(self._preferred, self._traces, key=lambda x: x[0])
+
+    def _evict_one(self) -> None:
+        victim_q = self._traces if self._traces else self._preferred
+        seq, flow = victim_q.popleft()
+        self._add_loss(SOURCE_RING, 1, flow.time_ns, flow.time_ns, seq)
+
+    def _add_loss(self, source: str, count: int, first_ns: int, last_ns: int, seq: int) -> None:
+        self._lost_total += count
+        cur = self._losses[-1] if self._losses else None
+        if (cur is not None and cur.source == source
+                and first_ns - cur.last_ns <= LOSS_SPAN_JOIN_NS and first_ns >= cur.first_ns):
+            cur.count += count
+            cur.last_ns = max(cur.last_ns, last_ns)
+            if seq:
+                cur.first_seq = cur.first_seq or seq
+                cur.last_seq = max(cur.last_seq, seq)
+            return
+        self._losses.append(LossSpan(source, count, first_ns, last_ns, seq, seq))
+        if len(self._losses) > MAX_LOSS_SPANS:
+            a = self._losses.popleft()
+            b = self._losses.popleft()
+            merged = merge_losses([a, b])
+            assert merged is not None
+            self._losses.appendleft(merged)
+
+    def _losses_between(self, lo_seq: int, hi_seq: int, lo_ns: int, hi_ns: int) -> list[LossSpan]:
+        """Spans overlapping the seq window [lo_seq, hi_seq] and the time window [lo_ns, hi_ns).
+
+        Spans without sequence numbers (losses before the ring) are matched on time only.
+        """
+        out = []
+        for s in self._losses:
+            if s.last_ns < lo_ns or s.first_ns >= hi_ns:
+                continue
+            if s.first_seq and (s.last_seq < lo_seq or s.first_seq > hi_seq):
+                continue
+            out.append(LossSpan(s.source, s.count, s.first_ns, s.last_ns, s.first_seq,
+                                s.last_seq))
+        return out
+
+    @staticmethod
+    def _finish(items: list[tuple[int, Flow]], pred: Callable[[Flow], bool] | None,
+                lost: list[LossSpan], next_seq: int) -> RingRead:
+        if pred is not None:
+            items = [x for x in items if pred(x[1])]
+        return RingRead(items, lost, next_seq)
+
+
+def _rfc3339(ns: int) -> str:
+    t = time.gmtime(ns // 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ns % 1_000_000_000:09d}Z"
