@@ -6,8 +6,9 @@ Contract: `FlowMetrics(metrics).observe(flow)` updates, from one `Flow`:
 - `hubble_drop_total{reason,protocol}` for DROPPED flows, except policy-verdict events (they
   repeat a drop the datapath already reported; counting both would double the drops).
 - httpV2 `hubble_http_requests_total{method,protocol,status,reporter}` and
-  `hubble_http_request_duration_seconds{method,reporter}` from HTTP *response* flows, so the
-  proxy must emit a response flow for the 403 it sends on a denied request.
+  `hubble_http_request_duration_seconds{method,reporter}` from HTTP *response* flows, and from
+  DROPPED request flows that carry the status the proxy answered itself (the 403 of a denied
+  request), so that dashboards see denials as 403s as they do with Cilium's Envoy.
 - `hubble_dns_queries_total` from DNS request flows (rcode "", ips_returned "0") and
   `hubble_dns_responses_total` from DNS response flows.
 - `cilium_policy_l7_total{rule=received|forwarded|denied}` from L7 *request* flows; the proxies
@@ -97,8 +98,12 @@ class FlowMetrics:
                                         status_label(h.code), reporter).inc()
             if flow.latency_ns > 0:
                 self.m.http_duration.labels(method, reporter).observe(flow.latency_ns / 1e9)
-        else:
-            self._l7_rule(flow, "http")
+            return
+        self._l7_rule(flow, "http")
+        if flow.verdict is FlowVerdict.DROPPED and h.code:
+            # the proxy answered (403) without an upstream: that answer is the response
+            self.m.http_requests.labels(method, protocol_label(h.protocol),
+                                        status_label(h.code), _reporter(flow)).inc()
 
     def _dns(self, flow: Flow) -> None:
         d = flow.dns

@@ -20,8 +20,19 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages such as prometheus and dnsmasq would start services in the machine's own
+  # network namespace; the tests start their own copies inside the sandbox instead.
+  blocker=/usr/sbin/policy-rc.d
+  added_blocker=0
+  if [ ! -e "$blocker" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$blocker" && chmod +x "$blocker" && added_blocker=1
+  fi
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  [ "$added_blocker" = 1 ] && rm -f "$blocker"
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now prometheus prometheus-node-exporter 2>/dev/null || true
+  fi
 fi
 
 # bcc needs kernel headers. This kernel ships none and has no CONFIG_IKHEADERS; Debian's

@@ -51,7 +51,7 @@ from agent.sandbox.topology import Topology, load_topology, render_endpoints
 SERVER_START_TIMEOUT_S = 20.0  # echo/dnsmasq bind within a second; slack for a busy box
 AGENT_START_TIMEOUT_S = 180.0  # bcc compiles every program at start: tens of seconds on
 #                               a 2-core machine shared with other test runs
-AGENT_STOP_TIMEOUT_S = 20.0  # the agent detaches tc filters and flushes state on SIGTERM
+AGENT_STOP_TIMEOUT_S = 20.0  # the agent closes its proxies on SIGTERM (tc and pins stay)
 SERVER_STOP_TIMEOUT_S = 5.0
 PIN_ROOT_BASE = "/sys/fs/bpf/l7gsb"  # every sandbox agent pins below this; `down` removes it
 METRICS_PORT = 9965  # Cilium agent's metrics port, as users' scrape configs expect

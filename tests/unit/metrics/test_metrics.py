@@ -272,3 +272,16 @@ def test_parse_addr() -> None:
     for bad in ("9965", "host:", "h:99999", "h:x"):
         with pytest.raises(ConfigError):
             parse_addr(bad)
+
+
+def test_denied_request_answered_by_the_proxy_counts_as_its_403(
+        reg: CollectorRegistry, m: AgentMetrics) -> None:
+    fm = FlowMetrics(m)
+    fm.observe(Flow(time_ns=1, verdict=FlowVerdict.DROPPED, kind=EventKind.L7,
+                    l7_type="REQUEST", traffic_direction="INGRESS",
+                    http=HttpInfo(method="PUT", url="/api/x", code=403),
+                    drop_reason_desc="POLICY_DENIED"))
+    g = reg.get_sample_value
+    assert g("hubble_http_requests_total", {"method": "PUT", "protocol": "HTTP/1.1",
+                                            "status": "403", "reporter": "server"}) == 1
+    assert g("cilium_policy_l7_total", {"rule": "denied", "proxy_type": "http"}) == 1
