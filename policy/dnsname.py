@@ -96,7 +96,9 @@ class NameMatcher:
             return is_valid_name(name)
         if name in self.names:
             return True
-        return self.regex_source is not None and _compiled(self.regex_source).fullmatch(name) is not None
+        if self.regex_source is None:
+            return False
+        return _compiled(self.regex_source).fullmatch(name) is not None
 
 
 _CACHE: dict[str, re2._Regexp] = {}

@@ -44,6 +44,7 @@ class DropReason(enum.IntEnum):
     Values >= 240 are l7gate's own.
     """
 
+    INVALID_SOURCE_IP = 132  # packet from a pod veth with another source address (spoofing)
     POLICY_DENIED = 133  # no rule allows it (default deny)
     INVALID_PACKET_DROPPED = 134
     CT_TRUNCATED_OR_INVALID_HEADER = 135
@@ -94,7 +95,9 @@ class Label:
     value: str = ""
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.key}={self.value}" if self.value else f"{self.source}:{self.key}"
+        if self.value:
+            return f"{self.source}:{self.key}={self.value}"
+        return f"{self.source}:{self.key}"
 
 
 class ReservedIdentity(enum.IntEnum):
