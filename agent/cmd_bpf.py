@@ -50,7 +50,8 @@ def register(sub: Any) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", default=None,
                    help="node name (default: $L7GATE_NODE or the only pinned node)")
-    p.add_argument("--pin-root", default=DEFAULT_PIN_ROOT, help="bpffs directory of all nodes")
+    p.add_argument("--pin-root", default=os.environ.get("L7GATE_PIN_ROOT", DEFAULT_PIN_ROOT),
+                   help="bpffs directory of all nodes ($L7GATE_PIN_ROOT; `sandbox exec` sets it)")
 
 
 def resolve_node(node: str | None, pin_root: str) -> str:

@@ -3,10 +3,10 @@
 Contract: every well-formed HTTP/1.x request gets `200` with a JSON body
 `{"server", "method", "target", "headers": [[name, value], ...], "body_bytes",
 "body_sha256", "client", "local"}` describing what arrived (the body itself is never
-echoed back, only its length and SHA-256). `GET /download?bytes=N` instead streams N bytes
-with chunked encoding (for large-download tests). Keep-alive, pipelining, chunked and
-Content-Length request bodies, `Expect: 100-continue` and `Connection: close` are honoured;
-a malformed request gets `400` and the connection is closed.
+echoed back, only its length and SHA-256). `GET <any path ending in /download>?bytes=N`
+instead streams N bytes with chunked encoding (for large-download tests). Keep-alive,
+pipelining, chunked and Content-Length request bodies, `Expect: 100-continue` and
+`Connection: close` are honoured; a malformed request gets `400` and the connection is closed.
 
 It is the origin in benchmarks, so the hot path is an asyncio `Protocol` fed straight by
 httptools' C parser (no streams, no per-request tasks); responses for one connection are
@@ -131,7 +131,9 @@ class EchoProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         keep_alive = self.parser.should_keep_alive()
         target = bytes(self._target)
-        if method == b"GET" and target.startswith(b"/download?"):
+        # any path ending in /download (e.g. /api/download?bytes=N, which the README's
+        # policy allows) streams; everything else is echoed
+        if method == b"GET" and target.partition(b"?")[0].endswith(b"/download"):
             size = _download_size(target)
             if size is not None:
                 self._send(_download_head(keep_alive))

@@ -1,0 +1,457 @@
+"""`l7gate agent`: one node's agent, wiring policy, datapath, proxies, flows and metrics.
+
+Start-up order (fail closed): endpoints and policy are read and compiled first (a broken
+policy at start falls back to the last good copy kept in the state dir, else the agent
+refuses to start); the BPF maps are adopted or created and filled; the FQDN cache is
+restored into the map; the programs are attached and the tproxy route installed; only then
+do the proxies listen and the datapath learns their ports. SIGHUP rebuilds the whole
+`ClusterState` and swaps it; a failure keeps the old one (STYLE.md §3). SIGTERM closes the
+proxies and the API but leaves the pinned maps and tc programs in place, so the kernel keeps
+enforcing the last policy while the agent is away (redirected traffic then fails closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.endpoints import ClusterEndpoints, load_endpoints
+from agent.flows import enrich_l7, flow_from_event
+from agent.fqdnowner import FqdnOwner
+from agent.state import ClusterState
+from observe.api import ApiServer
+from observe.export import FlowExporter
+from observe.flow import Flow
+from observe.ring import FlowRing
+from policy.compile import PolicySnapshot, compile_policies
+from policy.errors import ConfigError, L7gateError, PolicyError
+from policy.load import load_directory
+from policy.types import DropReason, HttpRequestMeta, L4Action, Proto, Verdict
+
+log = logging.getLogger("l7gate.agent")
+
+LAST_GOOD_DIR = "last-good-policy"  # copy of the policy files of the active snapshot
+FQDN_GC_INTERVAL_S = 1.0  # expiry check period (Cilium's GC runs every 60 s)
+CT_IDLE_NS = 300 * 1_000_000_000  # conntrack entries idle this long are reclaimed by the GC
+CT_ACTIVE_NS = 10 * 1_000_000_000  # a flow seen this recently counts as "in use" for FQDN GC
+CT_GC_EVERY = 30  # housekeeping rounds between conntrack sweeps
+
+
+@dataclass
+class AgentConfig:
+    node_name: str
+    endpoints: str
+    policy_dir: str
+    api_socket: str = "/run/l7gate/api.sock"
+    state_dir: str = "/var/lib/l7gate"
+    metrics_addr: str = ""
+    pin_root: str = "/sys/fs/bpf/l7gate"
+    http_proxy_port: int = 15001
+    dns_proxy_port: int = 15053
+    flow_export_file: str = ""
+    flow_export_max_size_mb: int = 10
+    dns_reject: str = "refused"
+    fqdn_min_ttl_s: int = 0
+    fqdn_max_ips_per_name: int = 1000
+    fqdn_grace_s: float = 5.0
+    fqdn_allow_private: bool = False
+    http_codec: str = "auto"
+    # Cilium's --dns-policy-unload-on-shutdown: False = fail closed (DNS of pods with
+    # rules.dns fails while the agent is down); True = fail open (their DNS goes straight to
+    # the server, unfiltered and teaching no FQDN IPs, until the agent is back).
+    dns_unload_on_shutdown: bool = False
+    ring_capacity: int = 8192
+    enable_datapath: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PolicyLoadError(L7gateError):
+    pass
+
+
+def read_cluster_state(cfg: AgentConfig, generation: int) -> tuple[ClusterState, list[str]]:
+    """Read endpoints + policies and build a state; raises ConfigError/PolicyError."""
+    cluster: ClusterEndpoints = load_endpoints(cfg.endpoints)
+    if cfg.node_name not in {n.name for n in cluster.nodes}:
+        raise ConfigError(f"{cfg.endpoints}:0: node {cfg.node_name!r} is not in the file")
+    result = load_directory(cfg.policy_dir)
+    if result.errors:
+        raise PolicyError(result.errors)
+    snapshot: PolicySnapshot = compile_policies(result.policies)
+    warnings = [str(w) for w in result.warnings]
+    return ClusterState.build(cfg.node_name, snapshot, cluster, generation), warnings
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.state: ClusterState | None = None
+        self.started_at = time.time()
+        self.generation = 0
+        self.last_reload: dict[str, Any] = {"result": "none"}
+        self.ring = FlowRing(capacity=cfg.ring_capacity)
+        self.datapath: Any = None
+        self.events: Any = None
+        self.fqdn: FqdnOwner | None = None
+        self.http: Any = None
+        self.dns: Any = None
+        self.api: ApiServer | None = None
+        self.exporter: FlowExporter | None = None
+        self.metrics: Any = None
+        self.flow_metrics: Any = None
+        self.metrics_server: Any = None
+        self.registry: Any = None
+        self.dns_port = 0
+        self.attached: list[str] = []
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._rule_names: dict[int, str] = {}
+        self._fqdn_name_ids: dict[int, str] = {}
+
+    # --- state ------------------------------------------------------------------------------
+
+    def current(self) -> ClusterState:
+        if self.state is None:
+            raise RuntimeError("agent has no state yet")
+        return self.state
+
+    def _initial_state(self) -> ClusterState:
+        try:
+            st, warnings = read_cluster_state(self.cfg, 1)
+        except PolicyError as exc:
+            backup = os.path.join(self.cfg.state_dir, LAST_GOOD_DIR)
+            log.error("policy is invalid:\n%s", exc)
+            if not os.path.isdir(backup):
+                raise
+            log.error("starting with the last good policy kept in %s", backup)
+            st, warnings = read_cluster_state(
+                AgentConfig(**{**self.cfg.__dict__, "policy_dir": backup}), 1)
+            self.last_reload = {"result": "failure", "errors": str(exc).splitlines()}
+        else:
+            self._keep_last_good()
+            self.last_reload = {"result": "success", "time": time.time()}
+        for w in warnings:
+            log.warning("%s", w)
+        self.generation = 1
+        return st
+
+    def _keep_last_good(self) -> None:
+        dst = os.path.join(self.cfg.state_dir, LAST_GOOD_DIR)
+        tmp = dst + ".new"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.cfg.policy_dir, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+
+    def request_reload(self) -> None:
+        """SIGHUP handler: only schedules (STYLE.md §3)."""
+        self._reload_requested.set()
+
+    def reload(self) -> bool:
+        """Re-read endpoints and policy; swap on success, keep everything on failure."""
+        try:
+            st, warnings = read_cluster_state(self.cfg, self.generation + 1)
+            self._apply_datapath(st)
+        except (PolicyError, ConfigError, L7gateError) as exc:
+            log.error("reload failed, keeping policy revision %s:\n%s",
+                      self.state.snapshot.revision if self.state else "-", exc)
+            self.last_reload = {"result": "failure", "time": time.time(),
+                                "errors": str(exc).splitlines()}
+            if self.metrics is not None:
+                self.metrics.policy_reloads.labels(result="failure").inc()
+                self.metrics.policy_reload_failures.inc()
+            return False
+        for w in warnings:
+            log.warning("%s", w)
+        self.generation += 1
+        self.state = st
+        self._keep_last_good()
+        if self.fqdn is not None:
+            self.fqdn.reapply()
+        self.last_reload = {"result": "success", "time": time.time()}
+        if self.metrics is not None:
+            self.metrics.policy_reloads.labels(result="success").inc()
+            self.metrics.policy_revision.set(self.generation)
+        log.info("policy revision %s active (generation %d)", st.snapshot.revision,
+                 self.generation)
+        return True
+
+    # --- datapath -----------------------------------------------------------------------------
+
+    def _apply_datapath(self, st: ClusterState) -> None:
+        if self.datapath is None:
+            return
+        from redirect.maps import EndpointConfig
+        maps = self.datapath.maps
+        wanted = dict(st.identities.ipcache_entries())
+        local_ids = {p.endpoint.ip: p.endpoint.endpoint_id for p in st.local}
+        for net, ident in wanted.items():
+            ep_id = local_ids.get(net.network_address, 0) if net.prefixlen == 32 else 0
+            maps.ipcache.set(net, ident, endpoint_id=ep_id, is_local_endpoint=bool(ep_id))
+        for row in maps.ipcache.items():
+            if row.network not in wanted:
+                maps.ipcache.delete(row.network)
+        enforcement = st.enforcement()
+        for pod in st.local:
+            ep = pod.endpoint
+            ingress, egress = enforcement[ep.endpoint_id]
+            ifindex = self._ifindex(pod.interface)
+            maps.endpoints.set(ifindex, EndpointConfig(
+                endpoint_id=ep.endpoint_id, identity=st.identities.identity_for_endpoint(ep).id,
+                ip=ep.ip, ingress_enforced=ingress, egress_enforced=egress))
+        maps.policy.replace_all(st.policy_entries(), enforcement)
+        self._rule_names = maps.policy.rule_names()
+
+    def _unload_dns_policy(self, st: ClusterState) -> None:
+        """Fail open for DNS while the agent is away: REDIRECT_DNS entries become ALLOW.
+
+        The next agent's start-up writes the real policy back before its proxies listen.
+        """
+        entries = {ep: [dataclasses.replace(e, action=L4Action.ALLOW)
+                        if e.action is L4Action.REDIRECT_DNS else e for e in es]
+                   for ep, es in st.policy_entries().items()}
+        self.datapath.maps.policy.replace_all(entries, st.enforcement())
+        log.warning("DNS policy unloaded for the shutdown (--dns-unload-on-shutdown)")
+
+    @staticmethod
+    def _ifindex(ifname: str) -> int:
+        try:
+            return socket_if_nametoindex(ifname)
+        except OSError as exc:
+            raise ConfigError(f"interface {ifname!r} not found in this netns") from exc
+
+    def _load_datapath(self, st: ClusterState) -> None:
+        from redirect.events import EventReader
+        from redirect.loader import Datapath
+        self.datapath = Datapath(self.cfg.node_name, pin_root=self.cfg.pin_root,
+                                 http_proxy_port=0, dns_proxy_port=0).load()
+        self._apply_datapath(st)
+        for pod in st.local:
+            if pod.interface:
+                self.datapath.attach_endpoint(pod.interface)
+                self.attached.append(pod.interface)
+        uplink = st.cluster.node(self.cfg.node_name).uplink
+        if uplink:
+            self.datapath.attach_uplink(uplink)
+            self.attached.append(uplink)
+        self.datapath.install_routing()
+        self.events = EventReader(self.datapath)
+
+    def _in_use(self, endpoint_id: int, ip: str) -> bool:
+        """Does a live connection of this endpoint use this IP? (conntrack, recently seen)
+
+        Established flows pass on their conntrack entry whatever the FQDN map says, so an
+        open connection keeps working after its name expires; this only keeps the cache
+        entry (and `fqdn cache list`) honest while packets still flow.
+        """
+        if self.datapath is None:
+            return False
+        addr = ipaddress.IPv4Address(ip)
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        return any(r.endpoint_id == endpoint_id and addr in (r.src, r.dst)
+                   and now - r.last_seen_ns < CT_ACTIVE_NS
+                   for r in self.datapath.maps.ct.items())
+
+    # --- flows ----------------------------------------------------------------------------------
+
+    def publish(self, flow: Flow) -> None:
+        """The one sink of every flow: ring, export file, metrics."""
+        self.ring.push(flow)
+        if self.exporter is not None:
+            self.exporter.offer(flow)
+        if self.flow_metrics is not None:
+            self.flow_metrics.observe(flow)
+
+    def _fqdn_names(self, endpoint_id: int, ip: str) -> list[str]:
+        return self.fqdn.names_for(endpoint_id, ip) if self.fqdn is not None else []
+
+    def _on_events(self) -> None:
+        if self.events is None:
+            return
+        st = self.current()
+        if self.datapath is not None:
+            self._fqdn_name_ids = self.datapath.maps.fqdn.names()
+        for ev in self.events.consume():
+            flow = flow_from_event(ev, st, self._rule_names, self._fqdn_names,
+                                   self._fqdn_name_ids)
+            self._explain_expired(ev, flow)
+            self.publish(flow)
+
+    def _explain_expired(self, ev: Any, flow: Flow) -> None:
+        """A default-deny drop towards an IP a toFQDNs name used to allow says so."""
+        if (self.fqdn is None or flow.drop_reason_desc != "POLICY_DENIED"
+                or not ev.endpoint_id or flow.traffic_direction != "EGRESS"):
+            return
+        cache = self.fqdn.cache
+        if cache.lookup_names(ev.endpoint_id, flow.dst_ip):
+            return
+        expired = cache.expired_names(ev.endpoint_id, flow.dst_ip)
+        if expired:
+            flow.drop_reason_desc = DropReason.FQDN_EXPIRED.name
+            flow.destination_names = expired
+            flow.summary = f"{flow.summary} (FQDN {', '.join(expired)} expired)"
+
+    def emit_l7(self, flow: Flow) -> None:
+        self.publish(enrich_l7(flow, self.current(), self._fqdn_names))
+
+    # --- proxy callbacks --------------------------------------------------------------------------
+
+    def decide_http(self, conn: Any, meta: HttpRequestMeta) -> Verdict:
+        st = conn.context if isinstance(conn.context, ClusterState) else self.current()
+        src_ep = st.local_endpoint_str(conn.src_ip)
+        fqdns: frozenset[str] = frozenset()
+        if src_ep is not None and self.fqdn is not None:
+            names = self.fqdn.cache.lookup_names(src_ep.endpoint_id, conn.dst_ip)
+            fqdns = frozenset(names) if names else fqdns
+        verdict, _direction = st.decide_http(conn.src_ip, conn.dst_ip, conn.dst_port, meta,
+                                             fqdns)
+        return verdict
+
+    def decide_dns(self, conn: Any, qname: str) -> Verdict:
+        proto = Proto.TCP if getattr(conn, "proto", "UDP") == "TCP" else Proto.UDP
+        return self.current().decide_dns(ipaddress.IPv4Address(conn.src_ip),
+                                         ipaddress.IPv4Address(conn.dst_ip), conn.dst_port,
+                                         qname, proto)
+
+    def learn_dns(self, conn: Any, qname: str, ips_ttls: list[tuple[str, int]]) -> None:
+        """Synchronous on purpose: the map write is a few syscalls, and returning None tells
+        the DNS proxy the datapath is already updated when it releases the answer."""
+        if self.fqdn is not None:
+            self.fqdn.learn(conn.src_ip, qname, ips_ttls)
+
+    def upstream_mark(self, conn: Any) -> int:
+        from redirect.marks import proxy_upstream_mark
+        st = self.current()
+        return int(proxy_upstream_mark(st.identities.identity_for_ip(
+            ipaddress.IPv4Address(conn.src_ip)).id))
+
+    # --- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        from agent.status import build_status
+        return build_status(self)
+
+    # --- run ------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Synchronous start-up, before the event loop runs (pyroute2's synchronous API
+        cannot be used from inside a running asyncio loop)."""
+        self.state = self._initial_state()
+        os.makedirs(self.cfg.state_dir, exist_ok=True)
+        self._setup_metrics()
+        if self.cfg.enable_datapath:
+            self._load_datapath(self.state)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        if self.state is None:
+            raise RuntimeError("call prepare() before run()")
+        self.fqdn = FqdnOwner(self.datapath.maps if self.datapath else None, self.cfg.state_dir,
+                              state=self.current, min_ttl_s=self.cfg.fqdn_min_ttl_s,
+                              max_ips_per_name=self.cfg.fqdn_max_ips_per_name,
+                              grace_s=self.cfg.fqdn_grace_s,
+                              allow_private=self.cfg.fqdn_allow_private, in_use=self._in_use)
+        restored = self.fqdn.restore()
+        log.info("restored %d FQDN IPs from %s", restored, self.fqdn.path)
+        await self._start_proxies()
+        if self.datapath is not None:
+            self.datapath.maps.set_proxy_ports(self.http.port, self.dns_port)
+        if self.cfg.flow_export_file:
+            self.exporter = FlowExporter(self.cfg.flow_export_file,
+                                         max_size_bytes=self.cfg.flow_export_max_size_mb << 20)
+            self._tasks.append(asyncio.ensure_future(self.exporter.run()))
+        self.api = ApiServer(self.ring, status_provider=self.status,
+                             handlers={"fqdn_cache": self._api_fqdn})
+        await self.api.start(self.cfg.api_socket)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        if self.events is not None:
+            loop.add_reader(self.events.fileno(), self._on_events)
+        self._tasks.append(asyncio.ensure_future(self._housekeeping()))
+        self._tasks.append(asyncio.ensure_future(self._reloader()))
+        log.info("agent for %s ready: %d local endpoints, http proxy :%d, dns proxy :%d",
+                 self.cfg.node_name, len(self.state.local), self.http.port, self.dns_port)
+        await self._stop.wait()
+        await self._shutdown()
+        return 0
+
+    def _api_fqdn(self, req: dict[str, Any]) -> dict[str, Any]:
+        rows = self.fqdn.rows(req.get("endpoint"), req.get("name")) if self.fqdn else []
+        return {"entries": rows}
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            self.reload()
+
+    async def _housekeeping(self) -> None:
+        rounds = 0
+        while True:
+            await asyncio.sleep(FQDN_GC_INTERVAL_S)
+            rounds += 1
+            try:
+                if self.fqdn is not None:
+                    self.fqdn.gc()
+                    self.fqdn.flush()
+                if self.datapath is not None and rounds % CT_GC_EVERY == 0:
+                    self.datapath.maps.ct.expire(CT_IDLE_NS)
+                self._on_events()  # never leave records behind a skipped wake-up
+            except L7gateError as exc:
+                log.error("housekeeping: %s", exc)
+
+    async def _start_proxies(self) -> None:
+        from agent.proxies import start_dns_proxy, start_http_proxy
+        self.http = await start_http_proxy(self)
+        self.dns, self.dns_port = await start_dns_proxy(self)
+
+    def _setup_metrics(self) -> None:
+        from agent.metricsrv import setup_metrics
+        setup_metrics(self)
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: proxies close; pinned maps and tc programs stay in place")
+        if self.datapath is not None:
+            with contextlib.suppress(L7gateError, OSError):
+                self.datapath.maps.set_proxy_ports(0, 0)
+                if self.cfg.dns_unload_on_shutdown and self.state is not None:
+                    self._unload_dns_policy(self.state)
+        if self.events is not None:
+            asyncio.get_running_loop().remove_reader(self.events.fileno())
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for server in (self.http, self.dns, self.api):
+            if server is not None:
+                await server.close()
+        if self.exporter is not None:
+            self.exporter.close()
+        if self.fqdn is not None:
+            self.fqdn.flush()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        if self.datapath is not None:
+            self.datapath.close()
+
+
+def socket_if_nametoindex(name: str) -> int:
+    import socket
+    return socket.if_nametoindex(name)
+
+
+def ensure_parent(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)

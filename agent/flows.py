@@ -1,0 +1,135 @@
+"""Turning datapath events and proxy records into complete Flows (no I/O here).
+
+The BPF ring buffer and the proxies know addresses and numbers; users want pods, labels,
+policy names and DNS names. Everything that enriches a Flow happens here, from one
+`ClusterState`, so that `observe`, the export file and the metrics all see the same record.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+
+from agent.state import ClusterState
+from observe.flow import EventKind, Flow, FlowEndpoint, FlowVerdict
+from policy.types import DropReason, Endpoint
+from redirect.events import DatapathEvent, TraceVerdict
+
+PROTO_NAMES = {1: "ICMPv4", 6: "TCP", 17: "UDP", 132: "SCTP"}
+TCP_FLAG_BITS = ((0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"),
+                 (0x20, "URG"))
+MEMO_MAX = 65536  # endpoints memoized per state (bounded: world IPs are unbounded)
+CLOCK_BOOTTIME = 7  # time.CLOCK_BOOTTIME (Linux); bpf_ktime_get_boot_ns() counts on it
+
+
+def boottime_to_wall_ns(boot_ns: int) -> int:
+    """Map a CLOCK_BOOTTIME stamp from BPF to wall-clock ns since the epoch."""
+    return time.time_ns() - (time.clock_gettime_ns(CLOCK_BOOTTIME) - boot_ns)
+
+
+def wall_to_boottime_ns(wall_s: float) -> int:
+    """Map a wall-clock time (seconds) to CLOCK_BOOTTIME ns, for expiries the BPF side checks."""
+    return time.clock_gettime_ns(CLOCK_BOOTTIME) + int((wall_s - time.time()) * 1e9)
+
+
+def tcp_flag_names(bits: int) -> list[str]:
+    return [name for bit, name in TCP_FLAG_BITS if bits & bit]
+
+
+def policy_of_rule(rule_id: str) -> str:
+    """`default/my-api-l7:ingress[0]` -> `default/my-api-l7` (empty for built-in rules)."""
+    ref, sep, _ = rule_id.rpartition(":")
+    return ref if sep else ""
+
+
+def endpoint_json(st: ClusterState, ip: str, identity: int) -> FlowEndpoint:
+    """Hubble's Endpoint for an address, memoized per state (flows share the objects:
+    nothing mutates a published Flow's endpoints)."""
+    key = ("endpoint_json", ip, identity)
+    cached = st.memo.get(key)
+    if isinstance(cached, FlowEndpoint):
+        return cached
+    out = _endpoint_json(st, ip, identity)
+    if len(st.memo) < MEMO_MAX:
+        st.memo[key] = out
+    return out
+
+
+def _endpoint_json(st: ClusterState, ip: str, identity: int) -> FlowEndpoint:
+    ep = st.endpoint_by_ip(ipaddress.IPv4Address(ip)) if ip else None
+    if identity == 0 and ip:
+        identity = st.identities.identity_for_ip(ipaddress.IPv4Address(ip)).id
+    if ep is None:
+        ident = st.identities.by_id.get(identity)
+        labels = ident.label_strings() if ident is not None else []
+        return FlowEndpoint(identity=identity, labels=labels)
+    return FlowEndpoint(identity=identity, namespace=ep.namespace, pod_name=ep.name,
+                        labels=_pod_labels(ep),
+                        ID=ep.endpoint_id if ep.node == st.node else 0)
+
+
+def _pod_labels(ep: Endpoint) -> list[str]:
+    return sorted(f"k8s:{lbl.key}={lbl.value}" for lbl in ep.identity_labels())
+
+
+def flow_from_event(ev: DatapathEvent, st: ClusterState, rule_names: dict[int, str],
+                    fqdn_names: Callable[[int, str], list[str]],
+                    fqdn_name_of_id: dict[int, str]) -> Flow:
+    """One ring-buffer record as a Hubble-shaped Flow."""
+    src, dst = str(ev.src), str(ev.dst)
+    flow = Flow(
+        time_ns=boottime_to_wall_ns(ev.time_ns),
+        verdict=_verdict(ev),
+        kind=EventKind.DROP if ev.is_drop else EventKind.TRACE,
+        src_ip=src, dst_ip=dst, protocol=PROTO_NAMES.get(ev.proto, str(ev.proto)),
+        src_port=ev.sport, dst_port=ev.dport,
+        tcp_flags=tcp_flag_names(ev.tcp_flags) if ev.proto == 6 else [],
+        source=endpoint_json(st, src, ev.src_identity),
+        destination=endpoint_json(st, dst, ev.dst_identity),
+        traffic_direction=ev.direction.name, node_name=st.node,
+    )
+    if ev.is_drop:
+        reason = ev.reason
+        flow.drop_reason_desc = reason.name if isinstance(reason, DropReason) else str(reason)
+    names: list[str] = []
+    if ev.fqdn_name_id is not None and ev.fqdn_name_id in fqdn_name_of_id:
+        names = [fqdn_name_of_id[ev.fqdn_name_id]]
+    elif ev.endpoint_id:
+        names = fqdn_names(ev.endpoint_id, dst)
+    flow.destination_names = names
+    rule = rule_names.get(ev.rule_index) if ev.rule_index is not None else None
+    if rule:
+        ref = policy_of_rule(rule)
+        if ref:
+            (flow.denied_by if ev.is_drop else flow.allowed_by).append(ref)
+    flow.summary = _summary(flow)
+    return flow
+
+
+def _verdict(ev: DatapathEvent) -> FlowVerdict:
+    if ev.is_drop:
+        return FlowVerdict.DROPPED
+    if ev.verdict is TraceVerdict.REDIRECTED:
+        return FlowVerdict.REDIRECTED
+    return FlowVerdict.FORWARDED
+
+
+def _summary(flow: Flow) -> str:
+    if flow.protocol == "TCP" and flow.tcp_flags:
+        return "TCP Flags: " + ", ".join(flow.tcp_flags)
+    return flow.protocol
+
+
+def enrich_l7(flow: Flow, st: ClusterState, fqdn_names: Callable[[int, str], list[str]]) -> Flow:
+    """Fill what a proxy cannot know: pods, identities, direction, node, DNS names."""
+    flow.node_name = st.node
+    flow.source = endpoint_json(st, flow.src_ip, 0)
+    flow.destination = endpoint_json(st, flow.dst_ip, 0)
+    if not flow.traffic_direction:
+        dst_local = flow.dst_ip and st.local_endpoint_str(flow.dst_ip)
+        flow.traffic_direction = "INGRESS" if dst_local and flow.dns is None else "EGRESS"
+    src = st.local_endpoint_str(flow.src_ip) if flow.src_ip else None
+    if src is not None and flow.dst_ip and not flow.destination_names:
+        flow.destination_names = fqdn_names(src.endpoint_id, flow.dst_ip)
+    return flow

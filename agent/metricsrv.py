@@ -1,0 +1,69 @@
+"""Prometheus wiring for the agent: the declared families plus scrape-time collectors.
+
+Flows become metrics in one place (`metrics.flows.FlowMetrics`, fed by `Agent.publish`).
+Values that live elsewhere (BPF counters, proxy connection counts, the FQDN cache size,
+map fill levels) are read when Prometheus scrapes, never copied on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from metrics.collector import BpfCountersCollector
+from metrics.flows import FlowMetrics
+from metrics.registry import build_metrics
+from metrics.server import start_metrics_server
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+
+
+class AgentStateCollector(Collector):
+    """Gauges read from the running agent at scrape time."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        a = self.agent
+        conns = GaugeMetricFamily("l7gate_proxy_active_connections",
+                                  "Client connections open on the proxy", labels=["protocol"])
+        if a.http is not None:
+            conns.add_metric(["http"], a.http.stats.active_connections)
+        yield conns
+        if a.fqdn is not None:
+            yield GaugeMetricFamily("l7gate_fqdn_cache_ips", "IPs in the FQDN cache",
+                                    value=a.fqdn.cache.ip_count)
+        yield GaugeMetricFamily("l7gate_endpoints", "Endpoints managed by this agent",
+                                value=len(a.state.local) if a.state else 0)
+
+
+def _bpf_reader(agent: Agent) -> Any:
+    def read() -> dict[str, Any]:
+        if agent.datapath is None:
+            return {}
+        c = agent.datapath.maps.counters()
+        return {"drops": {getattr(k, "name", str(k)): v for k, v in c.drops.items()},
+                "forwarded": c.forwarded}
+    return read
+
+
+def setup_metrics(agent: Agent) -> None:
+    registry = CollectorRegistry()
+    agent.metrics = build_metrics(registry)
+    agent.flow_metrics = FlowMetrics(agent.metrics)
+    agent.metrics.policy_reloads.labels(result="success").inc()
+    agent.metrics.policy_revision.set(agent.generation)
+    registry.register(BpfCountersCollector(_bpf_reader(agent)))
+    registry.register(AgentStateCollector(agent))
+    if agent.cfg.metrics_addr:
+        agent.metrics_server = start_metrics_server(agent.cfg.metrics_addr, registry)
+    agent.registry = registry

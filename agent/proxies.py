@@ -1,0 +1,61 @@
+"""Starting the agent's HTTP and DNS proxies in transparent mode (the asyncio edge).
+
+The proxies know nothing of policy, BPF or flows: the agent hands them its decide / learn /
+emit callbacks and the SO_MARK function that tells the datapath "this came from the proxy,
+on behalf of this identity". The listeners bind 0.0.0.0 with IP_TRANSPARENT on the ports
+the datapath redirects to; the agent publishes the ports to BPF only after both listen.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from proxy.dns.server import DnsProxyServer
+from proxy.http.server import HttpProxyServer
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+
+LISTEN_ADDR = "0.0.0.0"  # the datapath assigns redirected sockets; nothing else reaches it
+
+
+async def start_http_proxy(agent: Agent) -> HttpProxyServer:
+    cfg = agent.cfg
+    transparent = cfg.enable_datapath
+    server = HttpProxyServer(
+        (LISTEN_ADDR, cfg.http_proxy_port), agent.decide_http, agent.emit_l7,
+        transparent=transparent,
+        upstream_mark=agent.upstream_mark if transparent else None,
+        bind_source_transparently=transparent,
+        codec=cfg.http_codec,
+        context=lambda _peer, _dst: agent.current(),  # a connection keeps its snapshot
+    )
+    await server.start()
+    return server
+
+
+async def start_dns_proxy(agent: Agent) -> tuple[DnsProxyServer, int]:
+    cfg = agent.cfg
+    transparent = cfg.enable_datapath
+    server = DnsProxyServer(
+        (LISTEN_ADDR, cfg.dns_proxy_port), agent.decide_dns, agent.learn_dns, agent.emit_l7,
+        transparent=transparent,
+        upstream_mark=agent.upstream_mark if transparent else None,
+        reject_rcode=cfg.dns_reject,
+        on_stage=_stage_observer(agent),
+    )
+    await server.start()
+    return server, server.address[1]
+
+
+def _stage_observer(agent: Agent) -> Any:
+    def observe(stage: Any, seconds: float) -> None:
+        if agent.metrics is not None:
+            agent.metrics.upstream_reply.labels(
+                error="allow", protocol_l7="dns", scope=_SCOPES.get(stage.value, "totalTime")
+            ).observe(seconds)
+    return observe
+
+
+_SCOPES = {"policy": "policyCheckTime", "upstream": "upstreamTime", "datapath": "dataplaneTime",
+           "total": "totalTime", "processing": "processingTime"}

@@ -1,0 +1,173 @@
+"""The agent's view of the world, built whole and swapped whole (no I/O, no BPF here).
+
+A `ClusterState` bundles one compiled policy snapshot with one endpoints file for one node:
+the identity table, the local endpoints, and everything the datapath and the proxies ask
+(policy-map entries per endpoint, enforcement, FQDN selectors, peers by IP). A reload
+builds a new one; if that fails the old one stays (STYLE.md §3). The proxies call the
+`decide_*` methods, which evaluate the snapshot of the state current at that moment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from agent.endpoints import ClusterEndpoints, PodEntry
+from policy.compile import FqdnRule, PolicySnapshot
+from policy.engine import decide_dns, decide_http, decide_l4
+from policy.identity import IdentityTable, NodeInfo, build_identities
+from policy.types import (
+    DatapathEntry,
+    Decision,
+    Direction,
+    DropReason,
+    Endpoint,
+    HttpRequestMeta,
+    L4Action,
+    Peer,
+    Proto,
+    Verdict,
+)
+
+NO_REDIRECT_RULE = "no-l7-redirect"  # traffic reached a proxy that no rule redirects: deny
+PLAN_CACHE_MAX = 65536  # distinct (src, dst, port, names) tuples remembered per state
+HttpPlan = tuple[tuple[Direction, Endpoint, Peer], ...]
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    node: str
+    snapshot: PolicySnapshot
+    cluster: ClusterEndpoints
+    identities: IdentityTable
+    local: tuple[PodEntry, ...]
+    pods_by_ip: dict[ipaddress.IPv4Address, Endpoint] = field(repr=False)
+    generation: int = 0
+    # Per-state memo of which sides of a connection the proxy must decide, and for whom;
+    # the state is immutable, so entries never go stale (a reload builds a new state).
+    _plans: dict[tuple[str, str, int, frozenset[str]], HttpPlan] = field(
+        default_factory=dict, repr=False, compare=False)
+    _by_str: dict[str, Endpoint | None] = field(default_factory=dict, repr=False,
+                                                compare=False)
+    memo: dict[object, object] = field(default_factory=dict, repr=False, compare=False)
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, node: str, snapshot: PolicySnapshot, cluster: ClusterEndpoints,
+              generation: int = 0) -> ClusterState:
+        nodes = [NodeInfo(n.name, n.ip) for n in cluster.nodes]
+        identities = build_identities(snapshot, cluster.endpoints, nodes, node)
+        return cls(node=node, snapshot=snapshot, cluster=cluster, identities=identities,
+                   local=tuple(cluster.local_pods(node)),
+                   pods_by_ip={p.endpoint.ip: p.endpoint for p in cluster.pods},
+                   generation=generation)
+
+    # --- what the datapath needs --------------------------------------------------------------
+
+    def policy_entries(self) -> dict[int, list[DatapathEntry]]:
+        out: dict[int, list[DatapathEntry]] = {}
+        for pod in self.local:
+            ep = pod.endpoint
+            out[ep.endpoint_id] = [
+                *self.snapshot.datapath_entries(ep, Direction.INGRESS, self.identities),
+                *self.snapshot.datapath_entries(ep, Direction.EGRESS, self.identities),
+            ]
+        return out
+
+    def enforcement(self) -> dict[int, tuple[bool, bool]]:
+        return {p.endpoint.endpoint_id: (self.snapshot.is_enforced(p.endpoint, Direction.INGRESS),
+                                         self.snapshot.is_enforced(p.endpoint, Direction.EGRESS))
+                for p in self.local}
+
+    def fqdn_selectors(self, endpoint_id: int) -> list[FqdnRule]:
+        ep = self.local_endpoint_by_id(endpoint_id)
+        return [] if ep is None else self.snapshot.fqdn_selectors(ep)
+
+    # --- lookups ------------------------------------------------------------------------------
+
+    def local_endpoint(self, ip: ipaddress.IPv4Address) -> Endpoint | None:
+        ep = self.pods_by_ip.get(ip)
+        return ep if ep is not None and ep.node == self.node else None
+
+    def local_endpoint_by_id(self, endpoint_id: int) -> Endpoint | None:
+        for p in self.local:
+            if p.endpoint.endpoint_id == endpoint_id:
+                return p.endpoint
+        return None
+
+    def endpoint_by_ip(self, ip: ipaddress.IPv4Address) -> Endpoint | None:
+        return self.pods_by_ip.get(ip)
+
+    def peer(self, ip: ipaddress.IPv4Address, fqdns: frozenset[str] = frozenset()) -> Peer:
+        return Peer(identity=self.identities.identity_for_ip(ip), ip=ip,
+                    endpoint=self.pods_by_ip.get(ip), fqdns=fqdns)
+
+    # --- decisions the proxies ask for ----------------------------------------------------------
+
+    def local_endpoint_str(self, ip: str) -> Endpoint | None:
+        """`local_endpoint` for a string address, memoized (the proxies' hot path)."""
+        try:
+            return self._by_str[ip]
+        except KeyError:
+            ep = self.local_endpoint(ipaddress.IPv4Address(ip))
+            if len(self._by_str) < PLAN_CACHE_MAX:
+                self._by_str[ip] = ep
+            return ep
+
+    def http_plan(self, src_ip: str, dst_ip: str, dport: int,
+                  dst_fqdns: frozenset[str] = frozenset()) -> HttpPlan:
+        """The local sides whose policy redirects this connection to the HTTP proxy.
+
+        Egress of a local source first, then ingress of a local destination; both must
+        allow. Memoized per state.
+        """
+        key = (src_ip, dst_ip, dport, dst_fqdns)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        sides: list[tuple[Direction, Endpoint, Peer]] = []
+        src_ep, dst_ep = self.local_endpoint_str(src_ip), self.local_endpoint_str(dst_ip)
+        src, dst = ipaddress.IPv4Address(src_ip), ipaddress.IPv4Address(dst_ip)
+        if src_ep is not None:
+            peer = self.peer(dst, dst_fqdns)
+            action, _ = decide_l4(self.snapshot, Direction.EGRESS, src_ep, peer, Proto.TCP, dport)
+            if action is L4Action.REDIRECT_HTTP:
+                sides.append((Direction.EGRESS, src_ep, peer))
+        if dst_ep is not None:
+            peer = self.peer(src)
+            action, _ = decide_l4(self.snapshot, Direction.INGRESS, dst_ep, peer, Proto.TCP, dport)
+            if action is L4Action.REDIRECT_HTTP:
+                sides.append((Direction.INGRESS, dst_ep, peer))
+        plan = tuple(sides)
+        if len(self._plans) >= PLAN_CACHE_MAX:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def decide_http(self, src_ip: ipaddress.IPv4Address | str,
+                    dst_ip: ipaddress.IPv4Address | str, dport: int, meta: HttpRequestMeta,
+                    dst_fqdns: frozenset[str] = frozenset()) -> tuple[Verdict, Direction]:
+        """Decide one request for every local side whose policy redirects it to the proxy.
+
+        Traffic that no local rule redirects is denied: the proxy never forwards what it
+        was not asked to judge (fail closed).
+        """
+        plan = self.http_plan(str(src_ip), str(dst_ip), dport, dst_fqdns)
+        if not plan:
+            src_local = self.local_endpoint_str(str(src_ip)) is not None
+            return (Verdict(Decision.DENIED, NO_REDIRECT_RULE, DropReason.POLICY_DENIED),
+                    Direction.EGRESS if src_local else Direction.INGRESS)
+        verdict = None
+        for direction, local, peer in plan:
+            verdict = decide_http(self.snapshot, direction, local, peer, dport, meta)
+            if not verdict.is_allowed:
+                return verdict, direction
+        return verdict, direction  # type: ignore[return-value]  # plan is non-empty
+
+    def decide_dns(self, src_ip: ipaddress.IPv4Address, server_ip: ipaddress.IPv4Address,
+                   dport: int, qname: str, proto: Proto = Proto.UDP) -> Verdict:
+        src_ep = self.local_endpoint(src_ip)
+        if src_ep is None:
+            return Verdict(Decision.DENIED, NO_REDIRECT_RULE, DropReason.POLICY_DENIED)
+        return decide_dns(self.snapshot, src_ep, self.peer(server_ip), dport, qname, proto)

@@ -1,0 +1,82 @@
+"""`l7gate status`: what the agent reports about itself, and the health verdict.
+
+Healthy means: a policy is active, the datapath is loaded with its programs attached, both
+proxies listen and the datapath knows their ports. `l7gate status` exits 1 otherwise (the
+DaemonSet's liveness probe uses it).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+
+
+def build_status(agent: Agent) -> dict[str, Any]:
+    st = agent.state
+    problems: list[str] = []
+    out: dict[str, Any] = {
+        "node": agent.cfg.node_name,
+        "uptime_s": round(time.time() - agent.started_at, 1),
+        "policy": {
+            "revision": st.snapshot.revision if st else None,
+            "generation": agent.generation,
+            "policies": len(st.snapshot.docs) if st else 0,
+            "last_reload": agent.last_reload,
+        },
+        "endpoints": [{"endpoint": p.endpoint.ref, "id": p.endpoint.endpoint_id,
+                       "ip": str(p.endpoint.ip), "interface": p.interface}
+                      for p in (st.local if st else ())],
+        "proxies": {},
+        "flows": agent.ring.stats().to_json(),
+    }
+    if st is None:
+        problems.append("no policy loaded")
+    if agent.http is not None:
+        out["proxies"]["http"] = {"port": agent.http.port,
+                                  "active_connections": agent.http.stats.active_connections,
+                                  "requests": dict(agent.http.stats.requests)}
+    else:
+        problems.append("HTTP proxy not running")
+    if agent.dns is not None:
+        s = agent.dns.stats
+        out["proxies"]["dns"] = {"port": agent.dns.address[1],
+                                 "malformed": s.malformed_queries,
+                                 "overload_refusals": s.overload_refusals}
+    else:
+        problems.append("DNS proxy not running")
+    if agent.fqdn is not None:
+        out["fqdn_cache"] = {"names": agent.fqdn.cache.name_count,
+                             "ips": agent.fqdn.cache.ip_count,
+                             "learned_total": agent.fqdn.learned_total,
+                             "expired_total": agent.fqdn.expired_total}
+    out["datapath"] = _datapath(agent, problems)
+    out["healthy"] = not problems
+    out["problems"] = problems
+    return out
+
+
+def _datapath(agent: Agent, problems: list[str]) -> dict[str, Any]:
+    if not agent.cfg.enable_datapath:
+        return {"enabled": False}
+    dp = agent.datapath
+    if dp is None:
+        problems.append("datapath not loaded")
+        return {"enabled": True, "loaded": False}
+    maps = dp.maps
+    cfg = maps.config()
+    if not cfg.http_port or not cfg.dns_port:
+        problems.append("datapath does not know the proxy ports")
+    counters = maps.counters()
+    return {
+        "enabled": True, "loaded": True, "pin_dir": dp.pin_dir,
+        "attached": list(agent.attached),
+        "proxy_ports": {"http": cfg.http_port, "dns": cfg.dns_port},
+        "maps": {"ipcache": len(maps.ipcache.items()), "policy": len(maps.policy.items()),
+                 "fqdn": len(maps.fqdn.items()), "ct": len(maps.ct.items())},
+        "drops": {getattr(k, "name", str(k)): v for k, v in counters.drops.items()},
+        "forwarded": counters.forwarded, "redirected": counters.redirected,
+        "events_lost": counters.events_lost,
+    }
