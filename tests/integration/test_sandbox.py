@@ -231,7 +231,7 @@ FAKE_AGENT = textwrap.dedent("""
     for flag in ("--node-name", "--endpoints", "--policy-dir", "--api-socket",
                  "--state-dir", "--metrics-addr"):
         p.add_argument(flag, required=True)
-    args = p.parse_args(sys.argv[2:])  # argv[1] == "agent"
+    args, _ = p.parse_known_args(sys.argv[2:])  # argv[1] == "agent"; other flags: ignored
     hups = os.path.join(args.state_dir, "sighups")
     signal.signal(signal.SIGHUP, lambda *_: open(hups, "a").write("hup\\n"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
