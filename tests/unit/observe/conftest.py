@@ -18,18 +18,24 @@ from observe.flow import Flow
 from observe.ring import FlowRing
 
 FLOWS_FILE = Path(__file__).with_name("flows.jsonl")
+# Recorded from a real sandbox run (`l7gate demo --keep`, then `l7gate sandbox exec nodeN --
+# l7gate observe -o json --all` on both nodes): what the datapath and proxies really emit.
+SANDBOX_FLOWS_FILE = Path(__file__).with_name("flows_sandbox.jsonl")
 
 
 @pytest.fixture(scope="session")
 def raw_flows() -> list[dict[str, Any]]:
-    """The recorded flows as raw JSON objects (the `flow` member of each line)."""
+    """The hand-built story flows plus the recorded sandbox flows (`flow` members)."""
     out = []
-    for line in FLOWS_FILE.read_text().splitlines():
-        if line.strip():
-            obj = json.loads(line)
-            if "flow" in obj:
-                out.append(obj["flow"])
-    assert out, f"{FLOWS_FILE} holds no flows"
+    for path in (FLOWS_FILE, SANDBOX_FLOWS_FILE):
+        found = 0
+        for line in path.read_text().splitlines():
+            if line.strip():
+                obj = json.loads(line)
+                if "flow" in obj:
+                    out.append(obj["flow"])
+                    found += 1
+        assert found, f"{path} holds no flows"
     return out
 
 

@@ -14,6 +14,7 @@ from observe.flow import Flow, FlowVerdict
 from observe.ring import FlowRing
 
 FLOWS_FILE = str(Path(__file__).with_name("flows.jsonl"))
+SANDBOX_FLOWS_FILE = str(Path(__file__).with_name("flows_sandbox.jsonl"))
 S = 1_000_000_000
 
 
@@ -23,8 +24,21 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return rc, cap.out, cap.err
 
 
-def test_input_file_verdict_dropped_compact(capsys: Any, raw_flows: list[dict[str, Any]]) -> None:
-    rc, out, err = run(capsys, "--input-file", FLOWS_FILE, "--verdict", "DROPPED")
+@pytest.fixture(params=[FLOWS_FILE, SANDBOX_FLOWS_FILE], ids=["story", "sandbox"])
+def flow_file(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def file_flows(flow_file: str) -> list[dict[str, Any]]:
+    return [json.loads(line)["flow"] for line in Path(flow_file).read_text().splitlines()
+            if line.startswith('{"flow"')]
+
+
+def test_input_file_verdict_dropped_compact(capsys: Any, flow_file: str,
+                                            file_flows: list[dict[str, Any]]) -> None:
+    raw_flows = file_flows
+    rc, out, err = run(capsys, "--input-file", flow_file, "--verdict", "DROPPED")
     assert rc == 0 and err == ""
     lines = out.splitlines()
     assert len(lines) == sum(d["verdict"] == "DROPPED" for d in raw_flows)
@@ -37,8 +51,10 @@ def test_input_file_verdict_dropped_compact(capsys: Any, raw_flows: list[dict[st
         "DROPPED (POLICY_DENIED)")
 
 
-def test_input_file_json_keeps_hubble_fields(capsys: Any, raw_flows: list[dict[str, Any]]) -> None:
-    rc, out, _ = run(capsys, "--input-file", FLOWS_FILE, "-o", "json", "--to-pod",
+def test_input_file_json_keeps_hubble_fields(capsys: Any, flow_file: str,
+                                             file_flows: list[dict[str, Any]]) -> None:
+    raw_flows = file_flows
+    rc, out, _ = run(capsys, "--input-file", flow_file, "-o", "json", "--to-pod",
                      "default/my-api", "--protocol", "http")
     assert rc == 0
     objs = [json.loads(line) for line in out.splitlines()]
@@ -48,13 +64,15 @@ def test_input_file_json_keeps_hubble_fields(capsys: Any, raw_flows: list[dict[s
     assert want
 
 
-def test_input_file_last_first_since(capsys: Any, raw_flows: list[dict[str, Any]]) -> None:
-    rc, out, _ = run(capsys, "--input-file", FLOWS_FILE, "-o", "json", "--last", "3")
+def test_input_file_last_first_since(capsys: Any, flow_file: str,
+                                     file_flows: list[dict[str, Any]]) -> None:
+    raw_flows = file_flows
+    rc, out, _ = run(capsys, "--input-file", flow_file, "-o", "json", "--last", "3")
     assert [json.loads(x)["flow"] for x in out.splitlines()] == raw_flows[-3:]
-    rc, out, _ = run(capsys, "--input-file", FLOWS_FILE, "-o", "json", "--first", "2")
+    rc, out, _ = run(capsys, "--input-file", flow_file, "-o", "json", "--first", "2")
     assert [json.loads(x)["flow"] for x in out.splitlines()] == raw_flows[:2]
     mid = raw_flows[len(raw_flows) // 2]["time"]
-    rc, out, _ = run(capsys, "--input-file", FLOWS_FILE, "-o", "json", "--since", mid)
+    rc, out, _ = run(capsys, "--input-file", flow_file, "-o", "json", "--since", mid)
     assert rc == 0
     assert [json.loads(x)["flow"] for x in out.splitlines()] == [
         d for d in raw_flows if Flow.from_json(d).time_ns >= Flow.from_json(
