@@ -19,6 +19,8 @@ Contract: `FlowMetrics(metrics).observe(flow)` updates, from one `Flow`:
 
 from __future__ import annotations
 
+from typing import Any
+
 from metrics.registry import (
     LOST_SOURCES,
     AgentMetrics,
@@ -66,13 +68,23 @@ def _drop_protocol(flow: Flow) -> str:
 class FlowMetrics:
     def __init__(self, metrics: AgentMetrics) -> None:
         self.m = metrics
+        # labels() takes a lock and validates on every call; label sets are closed, so the
+        # children are looked up once and kept (a flow costs a few dict hits, not locks)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, flow: Flow) -> None:
         typ, sub = flow_type_labels(flow)
-        self.m.flows_processed.labels(typ, sub, flow.verdict.value).inc()
+        self._child(self.m.flows_processed, typ, sub, flow.verdict.value).inc()
         if flow.verdict is FlowVerdict.DROPPED and flow.kind is not EventKind.POLICY_VERDICT:
             reason = drop_reason_label(flow.drop_reason_desc or "UNKNOWN")
-            self.m.drops.labels(reason, _drop_protocol(flow)).inc()
+            self._child(self.m.drops, reason, _drop_protocol(flow)).inc()
         if flow.http is not None:
             self._http(flow)
         elif flow.dns is not None:
@@ -84,7 +96,7 @@ class FlowMetrics:
         src = source.lower()
         if src not in LOST_SOURCES:
             src = "observer_events_queue"
-        self.m.lost_events.labels(src).inc(count)
+        self._child(self.m.lost_events, src).inc(count)
         if src == "hubble_ring_buffer":
             self.m.flow_ring_lost.inc(count)
 
@@ -94,15 +106,15 @@ class FlowMetrics:
         method = method_label(h.method)
         if flow.l7_type == "RESPONSE":
             reporter = _reporter(flow)
-            self.m.http_requests.labels(method, protocol_label(h.protocol),
+            self._child(self.m.http_requests, method, protocol_label(h.protocol),
                                         status_label(h.code), reporter).inc()
             if flow.latency_ns > 0:
-                self.m.http_duration.labels(method, reporter).observe(flow.latency_ns / 1e9)
+                self._child(self.m.http_duration, method, reporter).observe(flow.latency_ns / 1e9)
             return
         self._l7_rule(flow, "http")
         if flow.verdict is FlowVerdict.DROPPED and h.code:
             # the proxy answered (403) without an upstream: that answer is the response
-            self.m.http_requests.labels(method, protocol_label(h.protocol),
+            self._child(self.m.http_requests, method, protocol_label(h.protocol),
                                         status_label(h.code), _reporter(flow)).inc()
 
     def _dns(self, flow: Flow) -> None:
@@ -110,15 +122,15 @@ class FlowMetrics:
         assert d is not None
         qtypes = qtypes_label(d.qtypes)
         if flow.l7_type == "RESPONSE":
-            self.m.dns_responses.labels(rcode_label(d.rcode), qtypes,
+            self._child(self.m.dns_responses, rcode_label(d.rcode), qtypes,
                                         ips_returned_label(len(d.ips))).inc()
         else:
-            self.m.dns_queries.labels("", qtypes, "0").inc()
+            self._child(self.m.dns_queries, "", qtypes, "0").inc()
             self._l7_rule(flow, "dns")
 
     def _l7_rule(self, flow: Flow, proxy_type: str) -> None:
-        self.m.policy_l7.labels("received", proxy_type).inc()
+        self._child(self.m.policy_l7, "received", proxy_type).inc()
         if flow.verdict is FlowVerdict.FORWARDED:
-            self.m.policy_l7.labels("forwarded", proxy_type).inc()
+            self._child(self.m.policy_l7, "forwarded", proxy_type).inc()
         elif flow.verdict is FlowVerdict.DROPPED:
-            self.m.policy_l7.labels("denied", proxy_type).inc()
+            self._child(self.m.policy_l7, "denied", proxy_type).inc()
