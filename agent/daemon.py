@@ -111,6 +111,7 @@ class Agent:
         self.flow_metrics: Any = None
         self.metrics_server: Any = None
         self.registry: Any = None
+        self._pinned: Any = None
         self.dns_port = 0
         self.attached: list[str] = []
         self._stop = asyncio.Event()
@@ -213,6 +214,23 @@ class Agent:
         maps.policy.replace_all(st.policy_entries(), enforcement)
         self._rule_names = maps.policy.rule_names()
 
+    def _reclaim_dns_flows(self, st: ClusterState) -> None:
+        """After a fail-open stop (--dns-unload-on-shutdown), DNS flows opened meanwhile sit
+        in conntrack as plain allows and would keep bypassing the proxy: forget them."""
+        dns_ports = {(ep, e.proto, p) for ep, es in st.policy_entries().items() for e in es
+                     if e.action is L4Action.REDIRECT_DNS and e.port_hi - e.port_lo < 16
+                     for p in range(e.port_lo, e.port_hi + 1)}
+        if not dns_ports:
+            return
+        def bypassing(r: Any) -> bool:
+            if "dns-proxy" in r.flags or r.proto not in (6, 17):
+                return False
+            return any((r.endpoint_id, proto, r.dport) in dns_ports
+                       for proto in (Proto.ANY, Proto(r.proto)))
+        n = self.datapath.maps.ct.delete_where(bypassing)
+        if n:
+            log.info("released %d DNS flows that bypassed the proxy while it was down", n)
+
     def _unload_dns_policy(self, st: ClusterState) -> None:
         """Fail open for DNS while the agent is away: REDIRECT_DNS entries become ALLOW.
 
@@ -222,7 +240,11 @@ class Agent:
                         if e.action is L4Action.REDIRECT_DNS else e for e in es]
                    for ep, es in st.policy_entries().items()}
         self.datapath.maps.policy.replace_all(entries, st.enforcement())
-        log.warning("DNS policy unloaded for the shutdown (--dns-unload-on-shutdown)")
+        # flows already steered to the proxy would keep going there (and be dropped with no
+        # listener): forget them so their next datagram takes the plain allow
+        flushed = self.datapath.maps.ct.delete_where(lambda r: "dns-proxy" in r.flags)
+        log.warning("DNS policy unloaded for the shutdown (--dns-unload-on-shutdown); "
+                    "%d proxied DNS flows released", flushed)
 
     @staticmethod
     def _ifindex(ifname: str) -> int:
@@ -234,8 +256,10 @@ class Agent:
     def _load_datapath(self, st: ClusterState) -> None:
         from redirect.events import EventReader
         from redirect.loader import Datapath
+        # the proxies already listen: publish their ports with the load
         self.datapath = Datapath(self.cfg.node_name, pin_root=self.cfg.pin_root,
-                                 http_proxy_port=0, dns_proxy_port=0).load()
+                                 http_proxy_port=self.http.port,
+                                 dns_proxy_port=self.dns_port).load()
         self._apply_datapath(st)
         for pod in st.local:
             if pod.interface:
@@ -246,6 +270,7 @@ class Agent:
             self.datapath.attach_uplink(uplink)
             self.attached.append(uplink)
         self.datapath.install_routing()
+        self._reclaim_dns_flows(st)
         self.events = EventReader(self.datapath)
 
     def _in_use(self, endpoint_id: int, ip: str) -> bool:
@@ -345,19 +370,33 @@ class Agent:
     # --- run ------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Synchronous start-up, before the event loop runs (pyroute2's synchronous API
-        cannot be used from inside a running asyncio loop)."""
+        """Synchronous start-up before the event loop: policy, metrics, and the maps a
+        previous agent left pinned (opened without bcc, so the proxies can serve at once)."""
         self.state = self._initial_state()
         os.makedirs(self.cfg.state_dir, exist_ok=True)
         self._setup_metrics()
         if self.cfg.enable_datapath:
-            self._load_datapath(self.state)
+            self._pinned = self._open_pinned_maps()
+
+    def _open_pinned_maps(self) -> Any:
+        from redirect.loader import pin_dir_of
+        from redirect.maps import DatapathMaps
+        try:
+            return DatapathMaps.open_pinned(pin_dir_of(self.cfg.node_name, self.cfg.pin_root))
+        except (L7gateError, OSError):
+            return None  # first start on this node: nothing to adopt yet
 
     async def run(self) -> int:
+        """Serve as early as possible, then (re)load the datapath.
+
+        A restart is when pods notice the agent: the programs and maps of the previous agent
+        are still attached and steer L7/DNS traffic to the proxy ports, so the proxies listen
+        first (on the restored FQDN cache and the pinned maps) and bcc compiles afterwards.
+        """
         loop = asyncio.get_running_loop()
         if self.state is None:
             raise RuntimeError("call prepare() before run()")
-        self.fqdn = FqdnOwner(self.datapath.maps if self.datapath else None, self.cfg.state_dir,
+        self.fqdn = FqdnOwner(self._pinned, self.cfg.state_dir,
                               state=self.current, min_ttl_s=self.cfg.fqdn_min_ttl_s,
                               max_ips_per_name=self.cfg.fqdn_max_ips_per_name,
                               grace_s=self.cfg.fqdn_grace_s,
@@ -365,8 +404,13 @@ class Agent:
         restored = self.fqdn.restore()
         log.info("restored %d FQDN IPs from %s", restored, self.fqdn.path)
         await self._start_proxies()
-        if self.datapath is not None:
-            self.datapath.maps.set_proxy_ports(self.http.port, self.dns_port)
+        if self.cfg.enable_datapath:
+            await loop.run_in_executor(None, self._load_datapath, self.state)
+            self.fqdn.maps = self.datapath.maps
+            self.fqdn.reapply()
+            if self._pinned is not None:
+                self._pinned.close()
+                self._pinned = None
         if self.cfg.flow_export_file:
             self.exporter = FlowExporter(self.cfg.flow_export_file,
                                          max_size_bytes=self.cfg.flow_export_max_size_mb << 20)
@@ -423,11 +467,12 @@ class Agent:
 
     async def _shutdown(self) -> None:
         log.info("stopping: proxies close; pinned maps and tc programs stay in place")
-        if self.datapath is not None:
+        # The proxy ports stay published: with the listeners closed, redirected traffic
+        # finds no socket and is dropped (SOCKET_LOOKUP_FAILED, fail closed), and the next
+        # agent's proxies take over the moment they listen.
+        if self.datapath is not None and self.cfg.dns_unload_on_shutdown and self.state:
             with contextlib.suppress(L7gateError, OSError):
-                self.datapath.maps.set_proxy_ports(0, 0)
-                if self.cfg.dns_unload_on_shutdown and self.state is not None:
-                    self._unload_dns_policy(self.state)
+                self._unload_dns_policy(self.state)
         if self.events is not None:
             asyncio.get_running_loop().remove_reader(self.events.fileno())
         for task in self._tasks:

@@ -15,7 +15,7 @@ import ipaddress
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from policy.errors import RedirectError
@@ -360,7 +360,7 @@ class FqdnMap(_Base):
 
 
 class CtMap(_Base):
-    def items(self) -> list[CtRow]:
+    def _rows(self) -> list[tuple[S.CtKey, CtRow]]:
         m = self._m["l7g_ct_v1"]
         rows = []
         for key in list(m.keys(S.CtKey)):
@@ -369,13 +369,21 @@ class CtMap(_Base):
             if not m.lookup(k, v):
                 continue
             flags = tuple(name for bit, name in CT_FLAGS.items() if v.flags & bit)
-            rows.append(CtRow(
+            rows.append((k, CtRow(
                 ip_of_be(k.saddr_be), ip_of_be(k.daddr_be), socket.ntohs(k.sport_be),
                 socket.ntohs(k.dport_be), k.proto, DIR_OF_CODE.get(k.direction,
                                                                    Direction.INGRESS),
                 v.endpoint_id, v.src_identity, v.dst_identity, v.action, flags, v.rule_index,
-                v.packets, v.created_ns, v.last_seen_ns))
-        return sorted(rows, key=lambda r: r.created_ns)
+                v.packets, v.created_ns, v.last_seen_ns)))
+        return rows
+
+    def items(self) -> list[CtRow]:
+        return sorted((row for _, row in self._rows()), key=lambda r: r.created_ns)
+
+    def delete_where(self, pred: Callable[[CtRow], bool]) -> int:
+        """Delete the entries `pred` selects; their next packet is decided afresh."""
+        m = self._m["l7g_ct_v1"]
+        return sum(1 for key, row in self._rows() if pred(row) and m.delete(key))
 
     def expire(self, idle_ns: int, now_ns: int | None = None) -> int:
         """Delete entries idle for longer than `idle_ns`; returns how many went."""
