@@ -1,0 +1,391 @@
+"""End-to-end benchmarks on the sandbox cluster (make bench; never in make test; root only).
+
+What it measures (all traffic stays inside the sandbox's network namespaces):
+1. L3/L4 datapath: frontend -> my-api:8080 with a policy pair that allows it WITHOUT http
+   rules (the kernel enforces: policy map + conntrack; nothing proxied), against the same pods
+   in a sandbox without agents (no BPF at all). wrk -t1 -c16 (req/s, p50/p99) and iperf3
+   (Gbit/s); ratio with/without agent (issue target >= 0.9).
+2. HTTP L7 proxy: wrk -t1 at c=1/16/64 to /api/users: (a) direct, no agent; (c) haproxy as a
+   plain forwarder (`nbthread 1`, `http-reuse always`) in node2's netns, same sandbox,
+   interleaved with (a); (b) through node2's agent with the reference policies, once per
+   `--http-codec` (L7GATE_BENCH_CODECS, default `auto,httptools,h11`; `auto` is httptools when
+   installed). Proxy CPU µs/request = Δ(utime+stime) of node2's agent (all its threads) or of
+   haproxy / requests. Issue targets: c=64 req/s >= 0.8 x haproxy, p99 <= 1.5 x haproxy;
+   c=1 p50 added over direct <= 0.1 ms.
+3. DNS proxy: dnsperf in frontend against kube-dns (dnsmasq), max rate (-c 1 -q 64) and
+   fixed 5,000 q/s, without agents vs through node1's DNS proxy (reference policies,
+   matchPattern "*"); p50/p99 from `dnsperf -v` per-query lines. Issue targets: >= 20,000 q/s;
+   at 5,000 q/s p50 added <= 0.2 ms, p99 (read as added, like p50) <= 1 ms.
+
+Each sandbox configuration needs its own `Sandbox.up` (agents compile BPF at start: 15-60 s
+on a busy 2-core box), so runs are interleaved inside one sandbox (direct vs haproxy) and,
+for L3/L4, whole sandboxes alternate (ABBAAB). The whole file takes ~2.5-3.5 minutes.
+Results are printed as Markdown tables and merged into $L7GATE_BENCH_OUT (JSON) if set.
+Tests assert only that measurements happened (requests counted, no errors, the policy is
+in the path), never anything about timing (STYLE.md). Every sandbox and every process started
+here is brought down in a finalizer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import pytest
+from sandbox_bench_helpers import (
+    DnsRun,
+    IperfRun,
+    WrkRun,
+    cpu_cell,
+    dnsperf,
+    iperf3,
+    stop_popen,
+    table,
+    wait_listening,
+    write_json,
+    wrk,
+)
+
+from agent.sandbox.api import Sandbox
+
+pytestmark = [pytest.mark.bench, pytest.mark.root]
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE_POLICIES = ("my-api-l7.yaml", "frontend-egress.yaml")
+RUN_S = int(os.environ.get("L7GATE_BENCH_SECONDS", "5"))  # brief: each wrk/dnsperf run 5 s
+CONCURRENCY = (1, 16, 64)  # issue: wrk at 1, 16 and 64 connections
+L4_CONNS = 16  # issue (L3/L4): wrk -t1 -c16
+L4_ROUNDS = int(os.environ.get("L7GATE_BENCH_L4_ROUNDS", "3"))  # sandboxes per setup (ABBAAB):
+#   an agent start costs ~15-60 s, so 3 keeps the whole file near the brief's ~6 minutes
+CODECS = tuple(c for c in os.environ.get("L7GATE_BENCH_CODECS", "auto,httptools,h11").split(",")
+               if c)
+WAIT_S = 600.0  # one sandbox per machine: wait for other engineers' test runs to finish
+TEST_TIMEOUT_S = 900  # several agent starts (bcc compiles ~1 min each) plus the runs
+CLIENT = "default/frontend"
+API = "default/my-api"
+DNS_POD = "kube-system/kube-dns"
+API_PORT = 8080
+HAPROXY_PORT = 18080  # on node2's underlay address; nothing else listens there
+DNS_OUTSTANDING = 64  # brief: dnsperf -c 1 -q 64
+DNS_FIXED_QPS = 5000  # issue: latency target at 5,000 queries/s
+DNS_NAMES = ("api.stripe.com", "x.internal.example.com")
+
+# Issue targets, printed as met/missed (never asserted: the machine is shared).
+TARGET_L4_RATIO = 0.9
+TARGET_HTTP_RPS_VS_HAPROXY = 0.8
+TARGET_HTTP_P99_VS_HAPROXY = 1.5
+TARGET_HTTP_P50_ADDED_MS = 0.1
+TARGET_DNS_QPS = 20000
+TARGET_DNS_P50_ADDED_MS = 0.2
+TARGET_DNS_P99_ADDED_MS = 1.0
+
+HAPROXY_CFG = """\
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend bench
+    bind {bind}
+    default_backend my_api
+backend my_api
+    server my_api {origin}
+"""
+
+# L3/L4 only: frontend may reach my-api on 8080 (wrk) and 5201 (iperf3), with no `rules`,
+# so the datapath enforces in the kernel and redirects nothing to a proxy.
+L4_POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: bench-my-api-l4
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels: {app: my-api}
+  ingress:
+    - fromEndpoints:
+        - matchLabels: {role: frontend}
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}, {port: "5201", protocol: TCP}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: bench-frontend-l4
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels: {role: frontend}
+  egress:
+    - toEndpoints:
+        - matchLabels: {app: my-api}
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}, {port: "5201", protocol: TCP}]
+"""
+
+
+class Slot:
+    """At most one sandbox at a time (one per machine); `close` downs it (finalizer)."""
+
+    def __init__(self) -> None:
+        self.sb: Sandbox | None = None
+
+    def up(self, **kwargs: Any) -> Sandbox:
+        self.close()
+        self.sb = Sandbox.up(wait_s=WAIT_S, **kwargs)
+        return self.sb
+
+    def close(self) -> None:
+        sb, self.sb = self.sb, None
+        if sb is not None:
+            problems = sb.down()
+            if problems:
+                print(f"sandbox down reported: {problems}")
+
+
+@pytest.fixture
+def slot() -> Iterator[Slot]:
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs root (network namespaces, BPF)")
+    missing = [t for t in ("wrk", "dnsperf", "haproxy", "iperf3", "ss")
+               if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
+    if missing:
+        pytest.skip(f"missing tools: {', '.join(missing)} (run scripts/setup.sh)")
+    s = Slot()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _reference_policies(tmp_path: Path) -> Path:
+    d = tmp_path / "reference-policies"
+    d.mkdir()
+    for name in REFERENCE_POLICIES:
+        shutil.copy(ROOT / "examples" / name, d / name)
+    return d
+
+
+def _agent_pid(sb: Sandbox, node: str) -> int:
+    row = next(n for n in sb.status()["nodes"] if n["name"] == node)
+    assert row["agent"] == "running" and row["agent_pid"], row
+    return int(row["agent_pid"])
+
+
+def _http_code(sb: Sandbox, pod: str, url: str) -> int:
+    res = sb.exec(pod, ["curl", "-s", "-o", "/dev/null", "-m", "3", "-w", "%{http_code}", url],
+                  timeout=20)
+    return int(res.stdout or 0)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+# -- 1. L3/L4 datapath ---------------------------------------------------------------------
+@pytest.mark.timeout(TEST_TIMEOUT_S)
+def test_l34_datapath_vs_no_agent(slot: Slot, tmp_path: Path) -> None:
+    pol = tmp_path / "l4-policies"
+    pol.mkdir()
+    (pol / "bench-l4.yaml").write_text(L4_POLICY, encoding="utf-8")
+    setups: dict[str, dict[str, Any]] = {"no agent": {"agents": False},
+                                         "agents, L3/L4 policy": {"policy_dir": pol}}
+    # ABBA...: each setup needs its own sandbox, so alternate whole sandboxes to spread the
+    # shared machine's drift over both setups
+    order = [label for r in range(L4_ROUNDS)
+             for label in (list(setups) if r % 2 == 0 else list(setups)[::-1])]
+    runs: list[tuple[str, WrkRun, IperfRun]] = []
+    for label in order:
+        sb = slot.up(**setups[label])
+        url = f"http://{sb.pod_ip(API)}:{API_PORT}/"
+        pids = {}
+        if label != "no agent":
+            # the policy is in the path: frontend allowed, app=other dropped by the kernel
+            assert _http_code(sb, CLIENT, url) == 200
+            assert _http_code(sb, "default/other", url) == 0
+            pids = {"node1": _agent_pid(sb, "node1"), "node2": _agent_pid(sb, "node2")}
+        w = wrk(sb, CLIENT, url, L4_CONNS, RUN_S, label, pids)
+        runs.append((label, w, iperf3(sb, CLIENT, API, RUN_S, label)))
+        slot.close()
+
+    med: dict[str, dict[str, float]] = {}
+    for label in setups:
+        mine = [(w, i) for lbl, w, i in runs if lbl == label]
+        med[label] = {"rps": median(w.rps for w, _ in mine),
+                      "p50": median(w.p50_ms for w, _ in mine),
+                      "p99": median(w.p99_ms for w, _ in mine),
+                      "gbit": median(i.gbit_s for _, i in mine)}
+    rows: list[list[object]] = [
+        [f"{lbl} (run {n + 1})", f"{w.rps:,.0f}", f"{w.p50_ms:.3f}", f"{w.p99_ms:.3f}",
+         f"{i.gbit_s:.2f}", i.retransmits,
+         f"{cpu_cell(w.cpu_us_per_req, 'node1')} / {cpu_cell(w.cpu_us_per_req, 'node2')}"]
+        for n, (lbl, w, i) in enumerate(runs)]
+    rows += [[f"{lbl}: median", f"{m['rps']:,.0f}", f"{m['p50']:.3f}", f"{m['p99']:.3f}",
+              f"{m['gbit']:.2f}", "", ""] for lbl, m in med.items()]
+    m0, m1 = med["no agent"], med["agents, L3/L4 policy"]
+    rps_ratio, tput_ratio = _ratio(m1["rps"], m0["rps"]), _ratio(m1["gbit"], m0["gbit"])
+    rows.append(["ratio agents/no agent (medians)", f"{rps_ratio:.3f}",
+                 f"{_ratio(m1['p50'], m0['p50']):.2f}", f"{_ratio(m1['p99'], m0['p99']):.2f}",
+                 f"{tput_ratio:.3f}", "", ""])
+    print()
+    print(table(f"L3/L4 datapath: frontend -> my-api:{API_PORT} (wrk -t1 -c{L4_CONNS} "
+                f"-d{RUN_S}s; iperf3 -t {RUN_S}; {L4_ROUNDS} rounds, sandboxes alternated)",
+                ["setup", "req/s", "p50 ms", "p99 ms", "iperf3 Gbit/s", "retransmits",
+                 "agent CPU µs/req node1 / node2 (user+sys)"], rows))
+    print(f"target >= {TARGET_L4_RATIO}: req/s ratio {rps_ratio:.3f} "
+          f"({_verdict(rps_ratio >= TARGET_L4_RATIO)}), throughput ratio {tput_ratio:.3f} "
+          f"({_verdict(tput_ratio >= TARGET_L4_RATIO)})")
+    write_json("sandbox_l34_datapath", {
+        "wrk": [w for _, w, _ in runs], "iperf3": [i for _, _, i in runs], "medians": med,
+        "ratio_rps": rps_ratio, "ratio_gbit_s": tput_ratio})
+    for _, w, i in runs:
+        assert w.requests > 0 and w.errors == 0, w
+        assert i.bytes > 0, i
+
+
+# -- 2. HTTP L7 proxy ----------------------------------------------------------------------
+def _haproxy(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
+    bind = f"{sb.node_ip('node2')}:{HAPROXY_PORT}"
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(bind=bind, origin=f"{sb.pod_ip(API)}:{API_PORT}"),
+                   encoding="utf-8")
+    cmd, env = sb.command("node2", ["haproxy", "-f", str(cfg), "-db"])
+    log = open(tmp_path / "haproxy.log", "wb")  # closed below; Popen keeps its own fd
+    try:
+        # nsenter execs haproxy, so this Popen's pid is haproxy's (for CPU accounting)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        log.close()
+    return proc
+
+
+@pytest.mark.timeout(TEST_TIMEOUT_S)
+def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
+    results: list[WrkRun] = []
+    path = "/api/users"
+    # (a) direct and (c) haproxy: one agent-less sandbox, interleaved per connection count
+    sb = slot.up(agents=False)
+    hap = _haproxy(sb, tmp_path)
+    try:
+        wait_listening(sb, "node2", HAPROXY_PORT, hap)
+        direct_url = f"http://{sb.pod_ip(API)}:{API_PORT}{path}"
+        hap_url = f"http://{sb.node_ip('node2')}:{HAPROXY_PORT}{path}"
+        assert _http_code(sb, CLIENT, hap_url) == 200
+        for conns in CONCURRENCY:
+            results.append(wrk(sb, CLIENT, direct_url, conns, RUN_S, "direct (no agent)"))
+            results.append(wrk(sb, CLIENT, hap_url, conns, RUN_S, "haproxy",
+                               {"proxy": hap.pid}))
+    finally:
+        stop_popen(hap)
+        slot.close()
+    # (b) l7gate's HTTP proxy on node2, one sandbox per codec
+    policies = _reference_policies(tmp_path)
+    for codec in CODECS:
+        sb = slot.up(policy_dir=policies, agent_args=["--http-codec", codec])
+        url = f"http://{sb.pod_ip(API)}:{API_PORT}"
+        # the L7 rule is enforced, so these requests really cross the proxy
+        assert _http_code(sb, CLIENT, url + path) == 200
+        assert _http_code(sb, CLIENT, url + "/private") == 403
+        pids = {"proxy": _agent_pid(sb, "node2"), "node1 agent": _agent_pid(sb, "node1")}
+        for conns in CONCURRENCY:
+            results.append(wrk(sb, CLIENT, url + path, conns, RUN_S, f"l7gate ({codec})", pids))
+        slot.close()
+
+    by = {(r.label, r.conns): r for r in results}
+    rows = []
+    for r in results:
+        d, h = by[("direct (no agent)", r.conns)], by[("haproxy", r.conns)]
+        rows.append([r.label, r.conns, f"{r.rps:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
+                     cpu_cell(r.cpu_us_per_req, "proxy"),
+                     f"{_ratio(r.rps, d.rps):.2f}", f"{r.p50_ms - d.p50_ms:+.3f}",
+                     f"{_ratio(r.rps, h.rps):.2f}", f"{_ratio(r.p99_ms, h.p99_ms):.2f}"])
+    rows.sort(key=lambda row: (row[1], [x.label for x in results].index(row[0])))
+    print()
+    print(table(f"HTTP: frontend -> my-api {path} (wrk -t1 -d{RUN_S}s; proxy CPU = node2 "
+                "agent or haproxy)",
+                ["setup", "conns", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/req (user+sys)",
+                 "req/s vs direct", "p50 added ms", "req/s vs haproxy", "p99 vs haproxy"],
+                rows))
+    for codec in CODECS:
+        label = f"l7gate ({codec})"
+        r64, h64 = by[(label, 64)], by[("haproxy", 64)]
+        r1, d1 = by[(label, 1)], by[("direct (no agent)", 1)]
+        rps_r, p99_r, added = (_ratio(r64.rps, h64.rps), _ratio(r64.p99_ms, h64.p99_ms),
+                               r1.p50_ms - d1.p50_ms)
+        print(f"{label}: c=64 req/s {rps_r:.2f} x haproxy (target >= "
+              f"{TARGET_HTTP_RPS_VS_HAPROXY}: {_verdict(rps_r >= TARGET_HTTP_RPS_VS_HAPROXY)}), "
+              f"p99 {p99_r:.2f} x haproxy (target <= {TARGET_HTTP_P99_VS_HAPROXY}: "
+              f"{_verdict(p99_r <= TARGET_HTTP_P99_VS_HAPROXY)}); c=1 p50 added "
+              f"{added:+.3f} ms (target <= {TARGET_HTTP_P50_ADDED_MS}: "
+              f"{_verdict(added <= TARGET_HTTP_P50_ADDED_MS)})")
+    write_json("sandbox_http_proxy", {"runs": results, "path": path, "seconds": RUN_S})
+    for r in results:
+        assert r.requests > 0 and r.errors == 0, r
+
+
+# -- 3. DNS proxy --------------------------------------------------------------------------
+@pytest.mark.timeout(TEST_TIMEOUT_S)
+def test_dns_proxy_vs_no_agent(slot: Slot, tmp_path: Path) -> None:
+    datafile = tmp_path / "queries.txt"
+    datafile.write_text("".join(f"{name} A\n" for name in DNS_NAMES), encoding="utf-8")
+    policies = _reference_policies(tmp_path)
+    runs: list[DnsRun] = []
+    for label, kwargs in (("no agent", {"agents": False}),
+                          ("l7gate DNS proxy", {"policy_dir": policies})):
+        sb = slot.up(**kwargs)
+        server = sb.pod_ip(DNS_POD)
+        dns_proc = sb.state.proc("dns")
+        assert dns_proc is not None
+        pids = {"dnsmasq": dns_proc.pid}
+        if label != "no agent":
+            pids["proxy"] = _agent_pid(sb, "node1")  # frontend and kube-dns are on node1
+        runs.append(dnsperf(sb, CLIENT, server, datafile, RUN_S, label,
+                            outstanding=DNS_OUTSTANDING, cpu_pids=pids))
+        runs.append(dnsperf(sb, CLIENT, server, datafile, RUN_S, label,
+                            outstanding=DNS_OUTSTANDING, qps=DNS_FIXED_QPS, cpu_pids=pids))
+        slot.close()
+
+    base = {r.load: r for r in runs if r.label == "no agent"}
+    rows = [[r.label, r.load, f"{r.qps:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
+             f"{r.completed:,}", r.lost,
+             cpu_cell(r.cpu_us_per_q, "proxy"), cpu_cell(r.cpu_us_per_q, "dnsmasq"),
+             f"{_ratio(r.qps, base[r.load].qps):.2f}",
+             f"{r.p50_ms - base[r.load].p50_ms:+.3f}", f"{r.p99_ms - base[r.load].p99_ms:+.3f}"]
+            for r in runs]
+    print()
+    print(table(f"DNS: frontend -> kube-dns {DNS_NAMES} (dnsperf -c 1 -l {RUN_S}, -v "
+                "per-query latencies)",
+                ["setup", "load", "q/s", "p50 ms", "p99 ms", "completed", "lost",
+                 "proxy CPU µs/q (user+sys)", "dnsmasq CPU µs/q (user+sys)", "q/s vs direct",
+                 "p50 added ms", "p99 added ms"], rows))
+    prox = {r.load: r for r in runs if r.label != "no agent"}
+    mx, fx = prox[f"max, {DNS_OUTSTANDING} outstanding"], prox[f"{DNS_FIXED_QPS}/s fixed"]
+    fx0 = base[f"{DNS_FIXED_QPS}/s fixed"]
+    p50_added, p99_added = fx.p50_ms - fx0.p50_ms, fx.p99_ms - fx0.p99_ms
+    print(f"l7gate DNS proxy: max {mx.qps:,.0f} q/s (target >= {TARGET_DNS_QPS:,}: "
+          f"{_verdict(mx.qps >= TARGET_DNS_QPS)}); at {DNS_FIXED_QPS:,}/s p50 added "
+          f"{p50_added:+.3f} ms (target <= {TARGET_DNS_P50_ADDED_MS}: "
+          f"{_verdict(p50_added <= TARGET_DNS_P50_ADDED_MS)}), p99 added {p99_added:+.3f} ms "
+          f"(p99 {fx.p99_ms:.3f} ms; target <= {TARGET_DNS_P99_ADDED_MS}: "
+          f"{_verdict(p99_added <= TARGET_DNS_P99_ADDED_MS)})")
+    write_json("sandbox_dns_proxy", {"runs": runs, "names": list(DNS_NAMES),
+                                     "seconds": RUN_S})
+    for r in runs:
+        assert r.completed > 0, r
+    # the DNS proxy was in the path: node1's agent worked for those queries
+    assert all(r.cpu_us_per_q["proxy"] > 0 for r in prox.values()), prox
