@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--http-proxy-port", type=int)
     p.add_argument("--dns-proxy-port", type=int)
     p.add_argument("--http-codec", choices=("auto", "httptools", "h11"))
-    p.add_argument("--flow-export-file", help="write every flow as JSON lines here (rotated)")
+    p.add_argument("--flow-export-file", help="write every flow as JSON lines here (rotated; "
+                                              "{node} in the path becomes the node name)")
     p.add_argument("--flow-export-max-size-mb", type=int)
     p.add_argument("--dns-reject", choices=("refused", "nameError"),
                    help="answer to a denied DNS query (Cilium: refused)")

@@ -99,7 +99,8 @@ class Agent:
         self.started_at = time.time()
         self.generation = 0
         self.last_reload: dict[str, Any] = {"result": "none"}
-        self.ring = FlowRing(capacity=cfg.ring_capacity)
+        self.ring = FlowRing(capacity=cfg.ring_capacity, on_lost=self._count_lost)
+        self._bpf_lost_seen = 0  # ringbuf reservations the BPF side could not make
         self.datapath: Any = None
         self.events: Any = None
         self.fqdn: FqdnOwner | None = None
@@ -298,6 +299,20 @@ class Agent:
         if self.flow_metrics is not None:
             self.flow_metrics.observe(flow)
 
+    def _count_lost(self, source: str, count: int) -> None:
+        if self.flow_metrics is not None:
+            self.flow_metrics.lost(source, count)
+
+    def _account_bpf_losses(self) -> None:
+        """Events the kernel could not put in the ring buffer are losses users must see:
+        in `observe` (a lost-events notice), in status and in hubble_lost_events_total."""
+        from observe.ring import SOURCE_PERF
+        lost = int(self.datapath.maps.lost_events()) + (self.events.unparseable
+                                                        if self.events else 0)
+        if lost > self._bpf_lost_seen:
+            self.ring.record_lost(lost - self._bpf_lost_seen, SOURCE_PERF)
+        self._bpf_lost_seen = lost
+
     def _fqdn_names(self, endpoint_id: int, ip: str) -> list[str]:
         return self.fqdn.names_for(endpoint_id, ip) if self.fqdn is not None else []
 
@@ -408,11 +423,14 @@ class Agent:
             await loop.run_in_executor(None, self._load_datapath, self.state)
             self.fqdn.maps = self.datapath.maps
             self.fqdn.reapply()
+            self._bpf_lost_seen = int(self.datapath.maps.lost_events())
             if self._pinned is not None:
                 self._pinned.close()
                 self._pinned = None
         if self.cfg.flow_export_file:
-            self.exporter = FlowExporter(self.cfg.flow_export_file,
+            # "{node}" in the path lets one DaemonSet/sandbox setting serve every node
+            path = self.cfg.flow_export_file.replace("{node}", self.cfg.node_name)
+            self.exporter = FlowExporter(path,
                                          max_size_bytes=self.cfg.flow_export_max_size_mb << 20)
             self._tasks.append(asyncio.ensure_future(self.exporter.run()))
         self.api = ApiServer(self.ring, status_provider=self.status,
@@ -450,8 +468,10 @@ class Agent:
                 if self.fqdn is not None:
                     self.fqdn.gc()
                     self.fqdn.flush()
-                if self.datapath is not None and rounds % CT_GC_EVERY == 0:
-                    self.datapath.maps.ct.expire(CT_IDLE_NS)
+                if self.datapath is not None:
+                    self._account_bpf_losses()
+                    if rounds % CT_GC_EVERY == 0:
+                        self.datapath.maps.ct.expire(CT_IDLE_NS)
                 self._on_events()  # never leave records behind a skipped wake-up
             except L7gateError as exc:
                 log.error("housekeeping: %s", exc)

@@ -33,8 +33,14 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sb(policy_dir: Path) -> Iterator[Sandbox]:
-    box = Sandbox.up(policy_dir=policy_dir, wait_s=120, dns_ttl_s=DNS_TTL_S)
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("flow-export")
+
+
+@pytest.fixture(scope="module")
+def sb(policy_dir: Path, export_dir: Path) -> Iterator[Sandbox]:
+    box = Sandbox.up(policy_dir=policy_dir, wait_s=120, dns_ttl_s=DNS_TTL_S,
+                     agent_args=("--flow-export-file", str(export_dir / "flows-{node}.jsonl")))
     try:
         yield box
     finally:
@@ -330,3 +336,67 @@ def test_100mb_upload_and_download_stream_through_the_proxy(sb: Sandbox) -> None
     assert res.stdout.split() == ["200", str(size)]
     grown_kib = _rss_kib(agent_pid) - rss_before
     assert grown_kib < 32 * 1024, f"agent RSS grew by {grown_kib} KiB for a {size} B body"
+
+
+FRONTEND_EGRESS_L7 = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-stripe-l7, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {role: frontend}}
+  egress:
+    - toFQDNs: [{matchName: api.stripe.com}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules: {http: [{method: GET, path: "/v1/.*"}]}
+"""
+
+
+def test_egress_l7_rules_towards_a_fqdn(sb: Sandbox, extra_policy: Path) -> None:
+    """A pod's own egress HTTP rules, enforced by its node's proxy (node1), on a toFQDNs
+    peer outside the cluster; the upstream leaves with the pod's address."""
+    extra_policy.write_text(FRONTEND_EGRESS_L7)
+    reload(sb)
+    code, body = curl(sb, "default/frontend", "http://api.stripe.com/v1/charges")
+    assert code == 200 and json.loads(body)["client"].startswith(
+        sb.pod_ip("default/frontend") + ":")
+    code, body = curl(sb, "default/frontend", "http://api.stripe.com/admin")
+    assert (code, body.rstrip()) == (403, "Access denied")
+    flows = observe(sb, "node1", "--type", "l7", "--protocol", "http", "--verdict", "DROPPED")
+    assert any(f["l7"]["http"]["url"].endswith("/admin") and f["traffic_direction"] == "EGRESS"
+               and f["source"]["pod_name"] == "frontend" for f in flows)
+
+
+OTHER_DNS = (ROOT / "agent" / "demo_policies" / "other-dns.yaml").read_text()
+
+
+def test_dns_query_outside_the_rules_is_refused_and_observed(sb: Sandbox, extra_policy: Path
+                                                            ) -> None:
+    extra_policy.write_text(OTHER_DNS)
+    reload(sb)
+    ok = sb.exec("default/other", ["dig", "+short", "+time=2", "+tries=1",
+                                   "x.internal.example.com"])
+    assert ok.stdout.split() == [sb.external_ip("x.internal.example.com")]
+    for tcp in ([], ["+tcp"]):
+        res = sb.exec("default/other", ["dig", *tcp, "+time=2", "+tries=1", "evil.example.net"])
+        assert "status: REFUSED" in res.stdout, res.stdout
+    flows = observe(sb, "node1", "--protocol", "dns", "--verdict", "DROPPED", "--from-pod",
+                    "default/other")
+    assert any(f["l7"]["dns"]["query"] == "evil.example.net." for f in flows)
+    # a refused name teaches nothing
+    cache = sb.exec("node1", ["l7gate", "fqdn", "cache", "list", "-o", "json"]).stdout
+    assert "evil.example.net" not in cache
+
+
+def test_flows_are_exported_as_json_lines(sb: Sandbox, export_dir: Path) -> None:
+    curl(sb, "default/other", api_url(sb, "/api/export-check"), "-m", "1")
+    path = export_dir / "flows-node2.jsonl"
+    def exported() -> list[dict]:
+        if not path.exists():
+            return []
+        rows = [json.loads(line)["flow"] for line in path.read_text().splitlines() if line]
+        return [r for r in rows if r.get("source", {}).get("pod_name") == "other"
+                and r["verdict"] == "DROPPED"]
+    rows = wait_for(exported, 5, "the exported drop")
+    assert rows[-1]["destination"]["pod_name"] == "my-api"
+    assert rows[-1]["drop_reason_desc"] == "POLICY_DENIED"
