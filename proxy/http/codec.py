@@ -1,11 +1,12 @@
 """Pluggable request codecs (`auto|h11|httptools`) behind one event interface (no I/O here).
 
-Contract: a codec object parses exactly one request message. The session feeds it the head
-(after its own strict gate) and then exactly the body bytes its own framer delimited; the
-codec answers with `CodecHead`, `CodecBody` and `CodecEnd` events or raises `CodecError`.
-The session cross-checks the codec against its own parse (same head, same body size, end at
-the same byte), so neither codec is trusted alone. Only public APIs of h11 and httptools are
-used.
+Contract: a codec object belongs to one connection and parses one request message at a
+time: the session calls `start()`, feeds it the head (after its own strict gate) and then
+exactly the body bytes its own framer delimited; the codec answers with `CodecHead`,
+`CodecBody` and `CodecEnd` events or raises `CodecError`. The session cross-checks the codec
+against its own parse (same method, target, version and field count, the same fields where
+the codec reports them, same body size, end at the same byte), so neither codec is trusted
+alone. Only public APIs of h11 and httptools are used.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ class CodecHead:
     method: str
     target: str
     version: str  # "1.0" | "1.1"
-    headers: list[tuple[str, str]]  # lower-case name, value without surrounding OWS
+    # lower-case name, value without surrounding OWS; None when the codec reports only
+    # `n_headers` (httptools: see HttptoolsCodec)
+    headers: list[tuple[str, str]] | None
+    n_headers: int
 
 
 @dataclass(slots=True)  # not frozen: built per request, frozen init costs ~5x
@@ -45,10 +49,12 @@ class CodecBody:
     size: int
 
 
-@dataclass(slots=True)  # not frozen: built per request, frozen init costs ~5x
+@dataclass(frozen=True, slots=True)
 class CodecEnd:
     pass
 
+
+CODEC_END = CodecEnd()  # carries nothing: one shared value instead of one per request
 
 CodecEvent = CodecHead | CodecBody | CodecEnd
 
@@ -56,16 +62,29 @@ CodecEvent = CodecHead | CodecBody | CodecEnd
 class RequestCodec(Protocol):
     name: str
 
+    def start(self) -> None:
+        """A new request message begins (after the previous one ended)."""
+
     def feed(self, data: bytes) -> list[CodecEvent]: ...
 
 
 class H11Codec:
-    """h11 as a server for one request; `PAUSED` after the message is where we stop."""
+    """h11 as a server for one request; `PAUSED` after the message is where we stop.
+
+    h11 only starts a next cycle after a response went through it, which we never send
+    through it, so every message gets a fresh `h11.Connection` (the reference path)."""
 
     name = "h11"
 
     def __init__(self, max_head_bytes: int) -> None:
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes + 1)
+        self._max = max_head_bytes + 1
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max)
+        self._fresh = True
+
+    def start(self) -> None:
+        if not self._fresh:
+            self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max)
+        self._fresh = False
 
     def feed(self, data: bytes) -> list[CodecEvent]:
         events: list[CodecEvent] = []
@@ -78,14 +97,21 @@ class H11Codec:
                 if isinstance(ev, h11.Request):
                     headers = [(k.decode("ascii"), v.decode("latin-1")) for k, v in ev.headers]
                     events.append(CodecHead(ev.method.decode("ascii"), ev.target.decode("ascii"),
-                                            ev.http_version.decode("ascii"), headers))
+                                            ev.http_version.decode("ascii"), headers,
+                                            len(headers)))
                 elif isinstance(ev, h11.Data):
                     events.append(CodecBody(len(ev.data)))
                 elif isinstance(ev, h11.EndOfMessage):
-                    events.append(CodecEnd())
+                    events.append(CODEC_END)
                 else:
                     raise CodecError(f"unexpected h11 event {type(ev).__name__}")
         return events
+
+
+# Methods llhttp parses itself and frames like GET (CONNECT keeps its own meaning); any other
+# token is fed as GET (see below). PRI is deliberately absent (llhttp's HTTP/2 preface case).
+_LLHTTP_NATIVE = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
+                            b"CONNECT"})
 
 
 class HttptoolsCodec:
@@ -95,7 +121,15 @@ class HttptoolsCodec:
     `FOO`) with an error, while RFC 9110 §9.1 allows any token (and policies decide on it).
     The session's gate has already checked the token grammar, so the head is fed with `GET`
     in place of the method (request framing does not depend on it except for CONNECT,
-    which is kept) and the original method is reported.
+    which is kept) and the original method is reported. Methods llhttp knows and frames the
+    same way are fed unchanged (saves a copy of every head).
+
+    Per request it reports method, target, version and the *number* of header fields (an
+    `on_header` that only counts: decoding and comparing every field costs more than the
+    rest of the request, perf-anchors B6), and frames the body independently; the session
+    checks all of those against its own parse. One parser serves the keep-alive connection
+    (creating one costs as much as parsing a head); it is replaced after any message llhttp
+    would not continue after (upgrade, close, error).
     """
 
     name = "httptools"
@@ -103,45 +137,56 @@ class HttptoolsCodec:
     def __init__(self, max_head_bytes: int) -> None:
         del max_head_bytes  # the session's gate enforces the head size before we see it
         self._events: list[CodecEvent] = []
-        self._headers: list[tuple[str, str]] = []
+        self._n = 0
         self._url = b""
         self._method: bytes | None = None
+        self._reusable = True
         self._parser = httptools.HttpRequestParser(self)
+
+    def start(self) -> None:
+        if not self._reusable:
+            self._parser = httptools.HttpRequestParser(self)
+            self._reusable = True
+        self._n = 0
+        self._url = b""
+        self._method = None
 
     # httptools callbacks -----------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append(
-            (name.decode("latin-1").lower(), value.strip(b" \t").decode("latin-1"))
-        )
+        self._n += 1
 
     def on_headers_complete(self) -> None:
         p = self._parser
         method = self._method if self._method is not None else p.get_method()
-        self._events.append(CodecHead(method.decode("latin-1"),
-                                      self._url.decode("latin-1"),
-                                      p.get_http_version(), self._headers))
+        self._events.append(CodecHead(method.decode("latin-1"), self._url.decode("latin-1"),
+                                      p.get_http_version(), None, self._n))
 
     def on_body(self, body: bytes) -> None:
         self._events.append(CodecBody(len(body)))
 
     def on_message_complete(self) -> None:
-        self._events.append(CodecEnd())
+        # should_keep_alive() is only meaningful inside a callback (perf-anchors pitfall 1)
+        if not self._parser.should_keep_alive():
+            self._reusable = False
+        self._events.append(CODEC_END)
 
     def feed(self, data: bytes) -> list[CodecEvent]:
         if self._method is None:  # the head: always fed whole by the session
             method, sep, rest = data.partition(b" ")
             self._method = method
-            if sep and method != b"CONNECT":
+            if sep and method not in _LLHTTP_NATIVE:
                 data = b"GET " + rest
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._reusable = False
             if int(exc.args[0]) != len(data):
                 raise CodecError("bytes after an upgrade request head") from exc
         except httptools.HttpParserError as exc:
+            self._reusable = False
             raise CodecError(f"httptools: {exc}") from exc
         events, self._events = self._events, []
         return events

@@ -20,7 +20,13 @@ CLIENT_IDLE_TIMEOUT_S = 300.0  # Cilium http-stream-idle-timeout 300 s
 UPSTREAM_IDLE_TIMEOUT_S = 60.0  # Cilium proxy-idle-timeout-seconds 60
 CONNECT_TIMEOUT_S = 2.0  # Cilium proxy-connect-timeout 2 s
 MAX_CONNECTIONS = 10000  # Envoy edge guide listener connection_limit
-POOL_MAX_IDLE_PER_KEY = 32  # idle upstream connections kept per (src, dst, port)
+# Idle upstream connections kept per (src, dst, port, mark). It must cover one pod's
+# concurrent connections to one destination: at 32, a 64-connection client (wrk -c64, all
+# from one source) saw ~5 % of its requests closed into TIME_WAIT and reconnected, which
+# added ~60 µs CPU each and the latency tail (tests/bench/test_http_bench.py). nginx's
+# upstream `keepalive` and haproxy's unlimited idle pool bound it per worker similarly;
+# the 60 s idle timeout below still reclaims them.
+POOL_MAX_IDLE_PER_KEY = 256
 
 
 class EscapedSlashAction(enum.Enum):

@@ -43,6 +43,7 @@ class BodyKind(enum.Enum):
 class PreparedRequest:
     method: str
     version: str  # client's version, "1.0" | "1.1"
+    protocol: str  # "HTTP/1.0" | "HTTP/1.1", for flow records
     meta: HttpRequestMeta
     url: str  # http://host/path, for flow records
     upstream_head: bytes
@@ -72,11 +73,13 @@ def _canon(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _check_agreement(gate: GateResult, head: CodecHead) -> None:
-    """The codec and our gate must have read the same head (parser differential -> 400)."""
-    version = f"{gate.version[0]}.{gate.version[1]}"
-    if (head.method.encode("latin-1") != gate.method or head.target.encode("latin-1") != gate.target
-            or head.version != version or (head.headers != gate.headers
-                                           and _canon(head.headers) != _canon(gate.headers))):
+    """The codec and our gate must have read the same head (parser differential -> 400).
+    A codec that reports only the field count (httptools) is checked on that count; its
+    framing of the body is checked by the session."""
+    if (head.method != gate.method or head.target != gate.target
+            or head.version != gate.version or head.n_headers != len(gate.headers)
+            or (head.headers is not None and head.headers != gate.headers
+                and _canon(head.headers) != _canon(gate.headers))):
         raise HttpReject(400, "codec disagrees with the strict gate on the request head")
 
 
@@ -140,17 +143,54 @@ _SPECIAL = frozenset({"host", "transfer-encoding", "content-length", "connection
                       "upgrade"})
 
 
+_PROTOCOL = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1"}
+
+
+def _serialise(method: str, target: str, fwd: list[tuple[str, str]]) -> bytes:
+    # One C-level join over the validated pieces (no per-field Python formatting).
+    return "".join((method, " ", target, " HTTP/1.1\r\n", "\r\n".join(map(": ".join, fwd)),
+                    "\r\n\r\n")).encode("latin-1")
+
+
+def _prepare_plain(gate: GateResult, conn: ConnInfo, limits: HttpLimits) -> PreparedRequest:
+    """The gate saw no field but Host that needs handling (`GateResult.plain`): no body,
+    no Connection options, nothing hop-by-hop to drop. Same checks and output as the full
+    path below for such heads."""
+    headers, method, version = gate.headers, gate.method, gate.version
+    hosts = [v for k, v in headers if k == "host"]
+    if len(hosts) > 1:
+        raise HttpReject(400, "more than one Host")
+    if not hosts and version == "1.1":
+        raise HttpReject(400, "missing Host in HTTP/1.1")  # RFC 9112 §3.2
+    host_hdr = hosts[0].lower() if hosts else None
+    if host_hdr is not None and not _AUTHORITY.fullmatch(host_hdr):
+        raise HttpReject(400, "invalid Host")
+    host, target = _resolve_target(method, gate.target, host_hdr, conn, limits)
+    fwd = [("host", host)]
+    fwd += [kv for kv in headers if kv[0] != "host"]
+    meta = HttpRequestMeta(method, target, host, tuple(fwd))
+    url = "".join(("http://", host, target)) if target[0] == "/" else "http://" + host
+    return PreparedRequest(method, version, _PROTOCOL[version], meta, url,
+                           _serialise(method, target, fwd), BodyKind.NONE, 0,
+                           version == "1.1", False, None, method == "CONNECT")
+
+
 def prepare_request(gate: GateResult, head: CodecHead, conn: ConnInfo,
                     limits: HttpLimits) -> PreparedRequest:
     _check_agreement(gate, head)
-    headers, method, version = head.headers, head.method, head.version
+    if gate.plain:
+        return _prepare_plain(gate, conn, limits)
+    headers, method, version = gate.headers, gate.method, gate.version
     special: dict[str, list[str]] = {}
     for name, value in headers:  # one pass: the fields whose meaning we enforce
         if "_" in name:
             raise HttpReject(400, "underscore in header name")  # Envoy edge guide
         if name in _SPECIAL:
-            special.setdefault(name, []).append(value)
-    hosts = special.get("host", [])
+            if name in special:
+                special[name].append(value)
+            else:
+                special[name] = [value]
+    hosts = special.get("host", ())
     if len(hosts) > 1:
         raise HttpReject(400, "more than one Host")
     if not hosts and version == "1.1":
@@ -159,11 +199,14 @@ def prepare_request(gate: GateResult, head: CodecHead, conn: ConnInfo,
     if host_hdr is not None and not _AUTHORITY.fullmatch(host_hdr):
         raise HttpReject(400, "invalid Host")
     is_connect = method == "CONNECT"
-    host, target = _resolve_target(method, head.target, host_hdr, conn, limits)
-    kind, length = _framing(special, version, is_connect)
-    conn_tokens = _tokens(special.get("connection", []))
+    host, target = _resolve_target(method, gate.target, host_hdr, conn, limits)
+    if len(special) == len(hosts):  # only Host (the common case): no framing, no tokens
+        kind, length, conn_tokens, expect = BodyKind.NONE, 0, [], []
+    else:
+        kind, length = _framing(special, version, is_connect)
+        conn_tokens = _tokens(special.get("connection", []))
+        expect = [v.lower() for v in special.get("expect", [])]
     keep_alive = version == "1.1" and "close" not in conn_tokens
-    expect = [v.lower() for v in special.get("expect", [])]
     if expect and (version == "1.1") and expect != ["100-continue"]:
         raise HttpReject(400, "unsupported Expect")
     expect_continue = version == "1.1" and bool(expect)
@@ -184,9 +227,8 @@ def prepare_request(gate: GateResult, head: CodecHead, conn: ConnInfo,
         fwd.append(("transfer-encoding", "chunked"))
     if upgrade is not None:
         fwd += [("connection", "upgrade"), ("upgrade", upgrade)]
-    upstream_head = (f"{method} {target} HTTP/1.1\r\n"
-                     + "".join([f"{k}: {v}\r\n" for k, v in fwd]) + "\r\n").encode("latin-1")
-    meta = HttpRequestMeta(method=method, path=target, host=host, headers=tuple(fwd))
-    url = f"http://{host}{target}" if target.startswith("/") else f"http://{host}"
-    return PreparedRequest(method, version, meta, url, upstream_head, kind, length, keep_alive,
-                           expect_continue, upgrade, is_connect)
+    upstream_head = _serialise(method, target, fwd)
+    meta = HttpRequestMeta(method, target, host, tuple(fwd))
+    url = "".join(("http://", host, target)) if target[0] == "/" else "http://" + host
+    return PreparedRequest(method, version, _PROTOCOL[version], meta, url, upstream_head, kind,
+                           length, keep_alive, expect_continue, upgrade, is_connect)

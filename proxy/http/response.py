@@ -29,21 +29,34 @@ class ResponseFraming:
     content_length: int | None  # value we send to the client, if any
     close_client: bool  # the client connection must close after this response
     upstream_reusable: bool
+    conn_tokens: frozenset[str] = frozenset()  # the origin's Connection options (dropped)
 
 
-def _conn_tokens(head: ResponseHead) -> set[str]:
+_NO_TOKENS: frozenset[str] = frozenset()
+_FRAMING_FIELDS = frozenset({"connection", "transfer-encoding", "content-length"})
+
+
+def _conn_tokens(head: ResponseHead) -> frozenset[str]:
     toks: set[str] = set()
     for k, v in head.headers:
         if k == "connection":
             toks.update(t.strip(" \t").lower() for t in v.split(","))
-    return toks
+    return frozenset(toks)
 
 
 def response_framing(head: ResponseHead, request_method: str, *,
                      client_version: str) -> ResponseFraming:
-    te = [v for k, v in head.headers if k == "transfer-encoding"]
-    cl = [v for k, v in head.headers if k == "content-length"]
-    toks = _conn_tokens(head)
+    te: list[str] = []
+    cl: list[str] = []
+    toks = _NO_TOKENS
+    for k, v in head.headers:  # one pass over the fields that frame or bind the hop
+        if k in _FRAMING_FIELDS:
+            if k == "content-length":
+                cl.append(v)
+            elif k == "transfer-encoding":
+                te.append(v)
+            else:
+                toks = toks.union(t.strip(" \t").lower() for t in v.split(","))
     reusable = head.minor == 1 and "close" not in toks
     length: int | None = None
     if cl:
@@ -56,38 +69,40 @@ def response_framing(head: ResponseHead, request_method: str, *,
     if request_method == "HEAD" or head.status in (204, 304):
         # No body whatever the fields say; CL of a HEAD/304 answer describes the GET's body.
         return ResponseFraming(LengthDecoder(0), False, length if head.status != 204 else None,
-                               False, reusable)
+                               False, reusable, toks)
     if te:
         if len(te) != 1 or te[0].lower() != "chunked":
             raise BadUpstream("response Transfer-Encoding other than a single chunked")
         dec: LengthDecoder | ChunkedDecoder | None = ChunkedDecoder(
             MAX_CHUNK_LINE_BYTES, MAX_HEAD_BYTES)
     elif length is not None:
-        return ResponseFraming(LengthDecoder(length), False, length, False, reusable)
+        return ResponseFraming(LengthDecoder(length), False, length, False, reusable, toks)
     else:
         dec, reusable = None, False
     if client_version == "1.1":
-        return ResponseFraming(dec, True, None, False, reusable)
-    return ResponseFraming(dec, False, None, True, reusable)  # 1.0 client: close-delimited
+        return ResponseFraming(dec, True, None, False, reusable, toks)
+    return ResponseFraming(dec, False, None, True, reusable, toks)  # 1.0 client: close-delimited
 
 
 def client_response_head(head: ResponseHead, framing: ResponseFraming | None, *, close: bool,
                          switch: bool) -> bytes:
-    """`framing` None: an interim (1xx) or protocol-switch head, which carries no body."""
-    drop = HOP_BY_HOP | _conn_tokens(head)
-    lines = [b"HTTP/1.1 %d %b" % (head.status, head.reason)]
-    lines += [b"%b: %b" % (k.encode("ascii"), v.encode("latin-1")) for k, v in head.headers
-              if k not in drop and not k.startswith("proxy-")]
+    """`framing` None: an interim (1xx) or protocol-switch head, which carries no body.
+    Built as one str join over the validated fields (latin-1 round-trips every byte)."""
+    toks = framing.conn_tokens if framing is not None else _conn_tokens(head)
+    drop = HOP_BY_HOP.union(toks) if toks else HOP_BY_HOP
+    lines = [f"HTTP/1.1 {head.status} {head.reason}"]
+    lines += [": ".join(kv) for kv in head.headers
+              if kv[0] not in drop and not kv[0].startswith("proxy-")]
     if switch:
         upgrade = [v for k, v in head.headers if k == "upgrade"]
         if upgrade:
-            lines += [b"connection: upgrade", b"upgrade: " + upgrade[0].encode("latin-1")]
+            lines += ["connection: upgrade", "upgrade: " + upgrade[0]]
     elif framing is not None:
         if framing.content_length is not None:
-            lines.append(b"content-length: %d" % framing.content_length)
+            lines.append(f"content-length: {framing.content_length}")
         elif framing.client_chunked:
-            lines.append(b"transfer-encoding: chunked")
+            lines.append("transfer-encoding: chunked")
         if close:
-            lines.append(b"connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
+            lines.append("connection: close")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")

@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from observe.flow import Flow
 from proxy.http.actions import (
@@ -42,6 +42,15 @@ log = logging.getLogger(__name__)
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: pick the source port at connect(), not bind()
 SWEEP_INTERVAL_S = 1.0  # timer granularity for header/idle timeouts (cheaper than per-read timers)
 PoolKey = tuple[str, str, int, int]
+_A = TypeVar("_A")
+
+
+def _given(actions: list[Action]) -> list[Action]:
+    return actions
+
+
+def _call(step: Callable[[], list[Action]]) -> list[Action]:
+    return step()
 
 
 def loop_factory() -> asyncio.AbstractEventLoop:
@@ -151,15 +160,17 @@ class _Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.server.loop_time()
-        self._run(lambda s: s.feed_client(data))
+        if self.session is not None:
+            self._run(self.session.feed_client, data)
 
     def eof_received(self) -> bool:
-        self._run(lambda s: s.feed_client(b""))
+        if self.session is not None:
+            self._run(self.session.feed_client, b"")
         return True  # keep the write side open: a pending response may still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None and not self.closed:
-            self._run(lambda s: s.feed_client(b""))
+            self._run(self.session.feed_client, b"")
         self._teardown()
 
     def pause_writing(self) -> None:
@@ -185,12 +196,14 @@ class _Client(asyncio.Protocol):
             if up.reused and not up.got_data and self.session is not None:
                 retry = self.session.retry_on_fresh_upstream()
                 if retry is not None:
-                    self._run(lambda s: retry)
+                    self._run(_given, retry)
                     return
-        self._run(lambda s: s.feed_upstream(data))
+        if self.session is not None:
+            self._run(self.session.feed_upstream, data)
 
     def on_timeout(self) -> None:
-        self._run(lambda s: s.timeout())
+        if self.session is not None:
+            self._run(_call, self.session.timeout)
 
     def pause_client(self, reason: str) -> None:
         if not self.pause_reasons and self.transport is not None and not self.closed:
@@ -204,12 +217,14 @@ class _Client(asyncio.Protocol):
                 self.transport.resume_reading()
 
     # --- the one dispatch -----------------------------------------------------------------
-    def _run(self, step: Callable[[HttpSession], list[Action]]) -> None:
+    def _run(self, step: Callable[[_A], list[Action]], arg: _A) -> None:
+        """Run one session step (`step(arg)`, a bound session method: no closure per read)
+        and execute its actions in order."""
         session = self.session
         if session is None or self.closed:
             return
         try:
-            for action in step(session):
+            for action in step(arg):
                 self._execute(action)
         except Exception:  # a bug must cost one connection, never the server
             log.exception("HTTP proxy connection failed; closing it")
@@ -222,7 +237,7 @@ class _Client(asyncio.Protocol):
             if session.head_in_progress else None
         if session.buffered_bytes > self.server.limits.max_pipeline_bytes:
             self.pause_client("pipeline")
-        else:
+        elif self.pause_reasons:
             self.resume_client("pipeline")
 
     def _execute(self, action: Action) -> None:
@@ -232,6 +247,8 @@ class _Client(asyncio.Protocol):
                     self.transport.write(data)
             case SendUpstream(data=data):
                 self._send_upstream(data)
+            case Emit(flow=flow):
+                self.server.emit_flow(flow)
             case ReleaseUpstream(reusable=reusable):
                 self._release_upstream(reusable and not self.tunnel)
             case Close(side=Side.CLIENT):
@@ -244,8 +261,6 @@ class _Client(asyncio.Protocol):
                 self._release_upstream(False)
             case StartTunnel():
                 self.tunnel = True
-            case Emit(flow=flow):
-                self.server.emit_flow(flow)
             case _:
                 raise RuntimeError(f"unexpected action {action!r}")
 
@@ -275,7 +290,8 @@ class _Client(asyncio.Protocol):
             log.info("upstream %s:%d unreachable: %s", conn.dst_ip, conn.dst_port, exc)
             self.connecting = None
             self.pending.clear()
-            self._run(lambda s: s.upstream_failed())
+            if self.session is not None:
+                self._run(_call, self.session.upstream_failed)
             return
         self.connecting = None
         if self.closed:

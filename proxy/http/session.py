@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from observe.flow import EventKind, Flow, FlowVerdict, HttpInfo
+from observe.flow import Flow, FlowVerdict, HttpInfo
 from policy.errors import ProtocolStateError
 from policy.types import Decision, DropReason, HttpRequestMeta, Verdict
 from proxy.http.actions import (
@@ -33,6 +33,7 @@ from proxy.http.actions import (
     StartTunnel,
 )
 from proxy.http.codec import CodecBody, CodecEnd, CodecEvent, CodecFactory, CodecHead, RequestCodec
+from proxy.http.flows import http_flow
 from proxy.http.limits import MAX_CHUNK_LINE_BYTES, HttpLimits
 from proxy.http.request import BodyKind, PreparedRequest, prepare_request
 from proxy.http.response import ResponseFraming, client_response_head, response_framing
@@ -112,7 +113,7 @@ class HttpSession:
                  clock_ns: Callable[[], int], wall_ns: Callable[[], int]) -> None:
         self.conn = conn
         self._decide = decide
-        self._codec = codec
+        self._codec = codec(limits.max_head_bytes)  # one per connection, restarted per request
         self._limits = limits
         self._stats = stats
         self._clock_ns = clock_ns
@@ -222,35 +223,45 @@ class HttpSession:
 
     def _read_head(self, out: list[Action]) -> bool:
         buf = self._buf
-        while buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request
-            del buf[:2]
+        if buf.startswith(b"\r\n"):  # RFC 9112 §2.2: ignore empty lines before a request
+            while buf.startswith(b"\r\n"):
+                del buf[:2]
             self._scan = 0
         if not buf:
             return False
-        end = buf.find(b"\r\n\r\n", max(0, self._scan - 3))
+        scan = self._scan
+        end = buf.find(b"\r\n\r\n", scan - 3 if scan > 3 else 0)
         if end == -1:
-            if find_bare_lf_or_cr(buf, max(0, self._scan - 1)):
+            if find_bare_lf_or_cr(buf, scan - 1 if scan > 1 else 0):
                 raise HttpReject(400, "bare LF or CR in request head")
             if len(buf) > self._limits.max_head_bytes:
                 raise HttpReject(431, "request head too large")
             self._scan = len(buf)
             return False
-        head = bytes(buf[: end + 4])
-        del buf[: end + 4]
+        end += 4
+        if end == len(buf):  # the usual read: exactly one head, one copy
+            head = bytes(buf)
+            buf.clear()
+        else:
+            head = bytes(buf[:end])
+            del buf[:end]
         self._scan = 0
-        gate = check_request_head(head, self._limits.max_head_bytes, self._limits.max_headers)
-        codec = self._codec(self._limits.max_head_bytes)
+        limits = self._limits
+        gate = check_request_head(head, limits.max_head_bytes, limits.max_headers)
+        codec = self._codec
+        codec.start()
         events = codec.feed(head)
         if not events or not isinstance(events[0], CodecHead):
             raise HttpReject(400, f"{codec.name} did not parse the request head")
-        req = prepare_request(gate, events[0], self.conn, self._limits)
+        req = prepare_request(gate, events[0], self.conn, limits)
         decoder: LengthDecoder | ChunkedDecoder
         if req.body is BodyKind.CHUNKED:
-            decoder = ChunkedDecoder(MAX_CHUNK_LINE_BYTES, self._limits.max_head_bytes)
+            decoder = ChunkedDecoder(MAX_CHUNK_LINE_BYTES, limits.max_head_bytes)
         else:
             decoder = LengthDecoder(req.length)
-        ex = _Exchange(req, codec, decoder, forward=False, start_ns=self._clock_ns())
-        self._codec_events(ex, events[1:])
+        ex = _Exchange(req, codec, decoder, False, self._clock_ns())
+        if len(events) > 1:
+            self._codec_events(ex, events[1:])
         self._start_exchange(ex, out)
         return True
 
@@ -301,9 +312,11 @@ class HttpSession:
         if ex is None:
             raise ProtocolStateError(f"body without exchange in state {self.state.name}")
         dec = ex.decoder
-        pieces: list[bytes] = []
-        consumed = 0
-        if not dec.done and self._buf:
+        if dec.done:  # no body (or the rest of it already read): the usual GET
+            consumed = 0
+        else:
+            if not self._buf:
+                return False
             if isinstance(dec, LengthDecoder):
                 data, consumed = dec.feed(self._buf)
                 pieces = [data]
@@ -316,14 +329,15 @@ class HttpSession:
             del self._buf[:consumed]
             if raw:
                 self._codec_events(ex, ex.codec.feed(raw))
-        size = sum(len(p) for p in pieces)
-        ex.body_bytes += size
-        if ex.forward and size:
-            chunked = ex.req.body is BodyKind.CHUNKED
-            data = b"".join(encode_chunk(p) for p in pieces) if chunked else b"".join(pieces)
-            _to_upstream(out, data)
-        if not dec.done:
-            return consumed > 0
+            size = sum(len(p) for p in pieces)
+            ex.body_bytes += size
+            if ex.forward and size:
+                chunked = ex.req.body is BodyKind.CHUNKED
+                data = (b"".join(encode_chunk(p) for p in pieces) if chunked
+                        else b"".join(pieces))
+                _to_upstream(out, data)
+            if not dec.done:
+                return consumed > 0
         if not ex.codec_end or ex.codec_body != ex.body_bytes:
             raise HttpReject(400, f"{ex.codec.name} frames the body differently")
         if ex.forward and ex.req.body is BodyKind.CHUNKED:
@@ -379,13 +393,14 @@ class HttpSession:
             self._read_response_body(ex, out, eof=False)
 
     def _read_response_head(self, ex: _Exchange, out: list[Action]) -> bool:
-        end = self._rbuf.find(b"\r\n\r\n")
+        rbuf = self._rbuf
+        end = rbuf.find(b"\r\n\r\n")
         if end == -1:
-            if len(self._rbuf) > self._limits.max_response_head_bytes:
+            if len(rbuf) > self._limits.max_response_head_bytes:
                 raise BadUpstream("response head too large")
             return False
-        head = bytes(self._rbuf[: end + 4])
-        del self._rbuf[: end + 4]
+        head = bytes(rbuf[: end + 4])
+        del rbuf[: end + 4]
         rh = parse_response_head(head, self._limits.max_headers)
         switch = (rh.status == 101 and ex.req.upgrade is not None) or (
             ex.req.is_connect and 200 <= rh.status < 300)
@@ -431,26 +446,37 @@ class HttpSession:
         if fr is None:
             raise ProtocolStateError(f"response body without head in state {self.up_state.name}")
         dec = fr.decoder
-        if dec is None:  # close-delimited: everything until EOF
-            pieces, consumed = [bytes(self._rbuf)], len(self._rbuf)
-        elif isinstance(dec, LengthDecoder):
-            data, consumed = dec.feed(self._rbuf)
-            pieces = [data]
+        rbuf = self._rbuf
+        if isinstance(dec, LengthDecoder) and not fr.client_chunked:  # the usual response
+            if rbuf:
+                data, consumed = dec.feed(rbuf)
+                if consumed == len(rbuf):
+                    rbuf.clear()
+                else:
+                    del rbuf[:consumed]
+                if data:
+                    _to_client(out, data)
         else:
-            try:
-                pieces, consumed = dec.feed(self._rbuf)
-            except ValueError as exc:
-                raise BadUpstream(str(exc)) from exc
-        del self._rbuf[:consumed]
-        pieces = [p for p in pieces if p]
-        if pieces:
-            data = (b"".join(encode_chunk(p) for p in pieces) if fr.client_chunked
-                    else b"".join(pieces))
-            _to_client(out, data)
+            if dec is None:  # close-delimited: everything until EOF
+                pieces, consumed = [bytes(rbuf)], len(rbuf)
+            elif isinstance(dec, LengthDecoder):
+                data, consumed = dec.feed(rbuf)
+                pieces = [data]
+            else:
+                try:
+                    pieces, consumed = dec.feed(rbuf)
+                except ValueError as exc:
+                    raise BadUpstream(str(exc)) from exc
+            del rbuf[:consumed]
+            pieces = [p for p in pieces if p]
+            if pieces:
+                data = (b"".join(encode_chunk(p) for p in pieces) if fr.client_chunked
+                        else b"".join(pieces))
+                _to_client(out, data)
         if (dec is not None and dec.done) or (dec is None and eof):
             if fr.client_chunked:
                 _to_client(out, LAST_CHUNK)
-            if self._rbuf or dec is None:
+            if rbuf or dec is None:
                 ex.reusable = False  # extra bytes after the response: do not trust this conn
             self._response_done(ex, out)
 
@@ -471,7 +497,8 @@ class HttpSession:
             out.append(Close(Side.CLIENT))
             return
         self.state = ClientState.HEAD
-        self._pump_client(out)
+        if self._buf:  # pipelined bytes wait for this moment; usually there are none
+            self._pump_client(out)
 
     def _on_upstream_eof(self, ex: _Exchange, out: list[Action]) -> list[Action]:
         if self.up_state is UpstreamState.BODY and ex.resp is not None and ex.resp.decoder is None:
@@ -492,12 +519,9 @@ class HttpSession:
     # --- flows ----------------------------------------------------------------------------
     def _flow(self, ex: _Exchange, verdict: FlowVerdict, code: int, l7_type: str) -> Flow:
         c = self.conn
+        req = ex.req
         latency = self._clock_ns() - ex.start_ns if l7_type == "RESPONSE" else 0
-        return Flow(
-            time_ns=self._wall_ns(), verdict=verdict, kind=EventKind.L7,
-            src_ip=c.src_ip, dst_ip=c.dst_ip, protocol="TCP", src_port=c.src_port,
-            dst_port=c.dst_port, l7_type=l7_type, latency_ns=latency,
-            drop_reason_desc="POLICY_DENIED" if verdict is FlowVerdict.DROPPED else "",
-            http=HttpInfo(method=ex.req.method, url=ex.req.url,
-                          protocol=f"HTTP/{ex.req.version}", code=code),
-        )
+        return http_flow(self._wall_ns(), verdict, c.src_ip, c.dst_ip, c.src_port, c.dst_port,
+                         l7_type, latency,
+                         "POLICY_DENIED" if verdict is FlowVerdict.DROPPED else "",
+                         HttpInfo(req.method, req.url, req.protocol, code, []))

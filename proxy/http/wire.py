@@ -67,19 +67,44 @@ def find_bare_lf_or_cr(buf: bytes | bytearray, start: int) -> bool:
 
 @dataclass(slots=True)  # not frozen: built per request, frozen init costs ~5x
 class GateResult:
-    method: bytes
-    target: bytes
-    version: tuple[int, int]
+    method: str
+    target: str
+    version: str  # "1.0" | "1.1"
     headers: list[tuple[str, str]]  # lower-case name, value without surrounding OWS
+    # True when no field name has an underscore and none is framing, Connection/Expect/
+    # Upgrade or hop-by-hop (only Host needs handling): request.py's short path.
+    plain: bool = False
 
 
-def _fields(block: bytes) -> list[tuple[str, str]]:
-    """Split a field section already checked by _HEADER_BLOCK."""
-    out = []
-    for line in block.split(b"\r\n")[:-1]:
-        name, _, value = line.partition(b":")
-        out.append((name.decode("latin-1").lower(), value.strip(b" \t").decode("latin-1")))
-    return out
+# The fast path matches a whole head in one C-level pass on its latin-1 text (latin-1 maps
+# every byte to the code point of the same value, so these classes are the byte classes
+# above): request line, then field lines of `token ":" field-content CRLF`, then CRLF. A bare
+# CR or LF, obs-fold, NUL/CTL or a bad token cannot match; such heads go through the
+# step-by-step checks below only to name the exact status (400/431/505).
+_TOKEN_S = _TOKEN.decode("ascii")
+_FIELD_LINE_S = _TOKEN_S + r":[\t\x20-\x7e\x80-\xff]*\r\n"
+_REQUEST_HEAD_S = re.compile(
+    r"(" + _TOKEN_S + r") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])\r\n((?:" + _FIELD_LINE_S
+    + r")*)\r\n")
+_STATUS_HEAD_S = re.compile(
+    r"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n((?:" + _FIELD_LINE_S
+    + r")*)\r\n")
+# Splits a field section the patterns above already validated: no colon in a token, no CR
+# inside a line. No lazy quantifier: OWS is stripped in Python, so a value of many spaces
+# costs linear time, never a regex backtrack.
+_FIELD_S = re.compile(r"([^:]+):([^\r]*)\r\n")
+# Any field line whose name has an underscore or is one request.py must act on besides Host
+# (framing, Connection, Expect, Upgrade, RFC 9110 §7.6.1 hop-by-hop, proxy-*): one C-level
+# scan of the validated block instead of a Python test per field. Keep in sync with
+# request.HOP_BY_HOP and request._SPECIAL (tests/unit/proxy_http/test_session.py pins it).
+_NOT_PLAIN_S = re.compile(
+    r"^(?:[^:\r\n]*_|(?:transfer-encoding|content-length|connection|expect|upgrade|keep-alive"
+    r"|te|trailer|http2-settings):|proxy-)", re.IGNORECASE | re.MULTILINE)
+
+
+def _fields(block: str) -> list[tuple[str, str]]:
+    """(lower-case name, value without surrounding OWS) for a validated field section."""
+    return [(name.lower(), value.strip(" \t")) for name, value in _FIELD_S.findall(block)]
 
 
 def _block_problem(block: bytes) -> str:
@@ -89,49 +114,75 @@ def _block_problem(block: bytes) -> str:
     return "malformed header field"
 
 
-def check_request_head(head: bytes, max_head_bytes: int, max_headers: int) -> GateResult:
-    """Validate a complete request head (ending in CRLFCRLF) or raise HttpReject."""
-    if len(head) > max_head_bytes:
-        raise HttpReject(431, "request head too large")
-    _check_line_endings(head)
+def _request_head_problem(head: bytes, max_headers: int) -> HttpReject:
+    """The precise rejection for a head the fast pattern refused (rare: junk only)."""
+    try:
+        _check_line_endings(head)
+    except HttpReject as exc:
+        return exc
     first_end = head.find(b"\r\n")
     block = head[first_end + 2 : -2]  # every field line with its CRLF
     if block.count(b"\r\n") > max_headers:
-        raise HttpReject(431, "too many header fields")
+        return HttpReject(431, "too many header fields")
     m = _REQUEST_LINE.fullmatch(head, 0, first_end)
     if m is None:
-        raise HttpReject(400, "malformed request line")
-    version = (int(m.group(3)), int(m.group(4)))
-    if version not in ((1, 0), (1, 1)):
-        raise HttpReject(505, "HTTP version not supported")
+        return HttpReject(400, "malformed request line")
+    if (int(m.group(3)), int(m.group(4))) not in ((1, 0), (1, 1)):
+        return HttpReject(505, "HTTP version not supported")
     if _HEADER_BLOCK.fullmatch(block) is None:
-        raise HttpReject(400, _block_problem(block))
-    return GateResult(m.group(1), m.group(2), version, _fields(block))
+        return HttpReject(400, _block_problem(block))
+    return HttpReject(400, "malformed request head")  # unreachable: both grammars agree
+
+
+def check_request_head(head: bytes, max_head_bytes: int, max_headers: int) -> GateResult:
+    """Validate a complete request head (ending in CRLFCRLF) or raise HttpReject.
+
+    One pass validates and splits: the result's fields are the ones the codec is checked
+    against and the ones we re-serialise."""
+    if len(head) > max_head_bytes:
+        raise HttpReject(431, "request head too large")
+    m = _REQUEST_HEAD_S.fullmatch(head.decode("latin-1"))
+    if m is None:
+        raise _request_head_problem(head, max_headers)
+    method, target, version, block = m.groups()
+    fields = _fields(block)  # bounded by max_head_bytes; counted before anything else
+    if len(fields) > max_headers:
+        raise HttpReject(431, "too many header fields")
+    if version != "1.1" and version != "1.0":
+        raise HttpReject(505, "HTTP version not supported")
+    return GateResult(method, target, version, fields, _NOT_PLAIN_S.search(block) is None)
 
 
 @dataclass(slots=True)  # not frozen: built per request, frozen init costs ~5x
 class ResponseHead:
     minor: int
     status: int
-    reason: bytes
+    reason: str  # latin-1 text of the reason phrase, as sent
     headers: list[tuple[str, str]]  # lower-case name, stripped value
 
 
-def parse_response_head(head: bytes, max_headers: int) -> ResponseHead:
+def _response_head_problem(head: bytes, max_headers: int) -> BadUpstream:
     try:
         _check_line_endings(head)
     except HttpReject as exc:
-        raise BadUpstream(exc.reason) from exc
+        return BadUpstream(exc.reason)
     first_end = head.find(b"\r\n")
-    m = _STATUS_LINE.fullmatch(head, 0, first_end)
-    if m is None:
-        raise BadUpstream("malformed status line")
+    if _STATUS_LINE.fullmatch(head, 0, first_end) is None:
+        return BadUpstream("malformed status line")
     block = head[first_end + 2 : -2]
     if block.count(b"\r\n") > max_headers:
+        return BadUpstream("too many response header fields")
+    return BadUpstream("response " + _block_problem(block))
+
+
+def parse_response_head(head: bytes, max_headers: int) -> ResponseHead:
+    m = _STATUS_HEAD_S.fullmatch(head.decode("latin-1"))
+    if m is None:
+        raise _response_head_problem(head, max_headers)
+    minor, status, reason, block = m.groups()
+    if block.count("\r\n") > max_headers:
         raise BadUpstream("too many response header fields")
-    if _HEADER_BLOCK.fullmatch(block) is None:
-        raise BadUpstream("response " + _block_problem(block))
-    return ResponseHead(int(m.group(1)), int(m.group(2)), m.group(3) or b"", _fields(block))
+    return ResponseHead(int(minor), int(status), reason or "", _fields(block))
 
 
 def parse_content_length(values: list[str]) -> int:
@@ -147,19 +198,17 @@ def parse_content_length(values: list[str]) -> int:
 class LengthDecoder:
     """Content-Length body: exactly `remaining` bytes."""
 
-    __slots__ = ("remaining",)
+    __slots__ = ("done", "remaining")
 
     def __init__(self, length: int) -> None:
         self.remaining = length
-
-    @property
-    def done(self) -> bool:
-        return self.remaining == 0
+        self.done = length == 0  # an attribute, not a property: read on every body step
 
     def feed(self, buf: bytes | bytearray) -> tuple[bytes, int]:
         """Returns (body bytes, bytes consumed from buf)."""
-        n = min(self.remaining, len(buf))
+        n = self.remaining if self.remaining < len(buf) else len(buf)
         self.remaining -= n
+        self.done = self.remaining == 0
         return bytes(buf[:n]), n
 
 
@@ -167,18 +216,15 @@ class ChunkedDecoder:
     """RFC 9112 §7.1 chunked body, strict: CRLF only, hex size <= 16 digits, token extensions,
     trailer fields validated and dropped. Raises ValueError on anything else."""
 
-    __slots__ = ("_chunk_left", "_state", "_trailer_bytes", "max_line", "max_trailer")
+    __slots__ = ("_chunk_left", "_state", "_trailer_bytes", "done", "max_line", "max_trailer")
 
     def __init__(self, max_line: int, max_trailer: int) -> None:
         self._state = "size"  # size | data | data_crlf | trailer | done
         self._chunk_left = 0
         self._trailer_bytes = 0
+        self.done = False  # mirrors _state == "done"
         self.max_line = max_line
         self.max_trailer = max_trailer
-
-    @property
-    def done(self) -> bool:
-        return self._state == "done"
 
     def _line(self, buf: bytes | bytearray, pos: int, cap: int) -> int:
         """Index of the CRLF ending the line at pos, or -1 if incomplete."""
@@ -236,6 +282,7 @@ class ChunkedDecoder:
                 pos = end + 2
                 if not line:
                     self._state = "done"
+                    self.done = True
         return out, pos
 
 
