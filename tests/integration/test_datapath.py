@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,28 +41,7 @@ pytestmark = [
 
 
 
-@pytest.fixture(scope="module")
-def topo() -> Iterator[H.Topology]:
-    with H.topology() as t:
-        yield t
-
-
-@pytest.fixture(scope="module")
-def dp(topo: H.Topology) -> Iterator[Any]:
-    with H.datapath(topo) as d:
-        yield d
-
-
-@pytest.fixture(scope="module")
-def reader(dp: Any) -> Any:
-    from redirect.events import EventReader
-
-    return EventReader(dp)
-
-
-@pytest.fixture
-def events(reader: Any) -> Callable[..., list[Any]]:
-    return H.event_waiter(reader)
+# fixtures topo, dp, reader, events: tests/integration/conftest.py
 
 
 # --- L3/L4 enforcement -------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,28 +34,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def topo() -> Iterator[H.Topology]:
-    with H.topology() as t:
-        yield t
-
-
-@pytest.fixture(scope="module")
-def dp(topo: H.Topology) -> Iterator[Any]:
-    with H.datapath(topo) as d:
-        yield d
-
-
-@pytest.fixture(scope="module")
-def reader(dp: Any) -> Any:
-    from redirect.events import EventReader
-
-    return EventReader(dp)
-
-
-@pytest.fixture
-def events(reader: Any) -> Callable[..., list[Any]]:
-    return H.event_waiter(reader)
+# fixtures topo, dp, reader, events: tests/integration/conftest.py
 
 
 def test_replace_all_changes_verdicts_for_new_flows_only(dp: Any, topo: H.Topology) -> None:
