@@ -360,9 +360,7 @@ class Agent:
 
     def decide_dns(self, conn: Any, qname: str) -> Verdict:
         proto = Proto.TCP if getattr(conn, "proto", "UDP") == "TCP" else Proto.UDP
-        return self.current().decide_dns(ipaddress.IPv4Address(conn.src_ip),
-                                         ipaddress.IPv4Address(conn.dst_ip), conn.dst_port,
-                                         qname, proto)
+        return self.current().decide_dns(conn.src_ip, conn.dst_ip, conn.dst_port, qname, proto)
 
     def learn_dns(self, conn: Any, qname: str, ips_ttls: list[tuple[str, int]]) -> None:
         """Synchronous on purpose: the map write is a few syscalls, and returning None tells
@@ -372,9 +370,7 @@ class Agent:
 
     def upstream_mark(self, conn: Any) -> int:
         from redirect.marks import proxy_upstream_mark
-        st = self.current()
-        return int(proxy_upstream_mark(st.identities.identity_for_ip(
-            ipaddress.IPv4Address(conn.src_ip)).id))
+        return int(proxy_upstream_mark(self.current().peer_str(conn.src_ip).identity.id))
 
     # --- status -------------------------------------------------------------------------------
 

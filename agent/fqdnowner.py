@@ -9,7 +9,6 @@ only then returns, so the proxy releases the answer after the datapath allows th
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -98,11 +97,10 @@ class FqdnOwner:
 
     def learn(self, src_ip: str, qname: str, ips_ttls: list[tuple[str, int]]) -> int:
         st = self._state()
-        ep = st.local_endpoint(ipaddress.IPv4Address(src_ip))
+        ep = st.local_endpoint_str(src_ip)
         if ep is None:
             return 0
-        selectors = [FqdnSelector(r.matcher, r.port_ranges(), r.rule_id)
-                     for r in st.fqdn_selectors(ep.endpoint_id)]
+        selectors = self._selectors(st, ep.endpoint_id)
         if not selectors:
             return 0
         delta = self.cache.learn(ep.endpoint_id, qname, ips_ttls, self.clock(), selectors,
@@ -117,6 +115,17 @@ class FqdnOwner:
             self._dirty_since = self.clock()  # only TTLs moved: batched (flush())
         self.learned_total += len(delta.added)
         return len(delta.added)
+
+    @staticmethod
+    def _selectors(st: ClusterState, endpoint_id: int) -> list[FqdnSelector]:
+        key = ("fqdn_cache_selectors", endpoint_id)
+        found = st.memo.get(key)
+        if isinstance(found, list):
+            return found
+        sels = [FqdnSelector(r.matcher, r.port_ranges(), r.rule_id)
+                for r in st.fqdn_selectors(endpoint_id)]
+        st.memo[key] = sels
+        return sels
 
     def flush(self) -> None:
         """Write pending TTL refreshes to the state file (called about once a second)."""

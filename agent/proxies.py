@@ -49,11 +49,16 @@ async def start_dns_proxy(agent: Agent) -> tuple[DnsProxyServer, int]:
 
 
 def _stage_observer(agent: Agent) -> Any:
+    children: dict[Any, Any] = {}  # one histogram child per stage, looked up once
+
     def observe(stage: Any, seconds: float) -> None:
-        if agent.metrics is not None:
-            agent.metrics.upstream_reply.labels(
-                error="allow", protocol_l7="dns", scope=_SCOPES.get(stage.value, "totalTime")
-            ).observe(seconds)
+        child = children.get(stage)
+        if child is None:
+            if agent.metrics is None:
+                return
+            child = children[stage] = agent.metrics.upstream_reply.labels(
+                error="allow", protocol_l7="dns", scope=_SCOPES.get(stage.value, "totalTime"))
+        child.observe(seconds)
     return observe
 
 

@@ -81,8 +81,15 @@ class ClusterState:
                 for p in self.local}
 
     def fqdn_selectors(self, endpoint_id: int) -> list[FqdnRule]:
+        """The endpoint's toFQDNs rules (memoized: asked on every DNS answer)."""
+        key = ("fqdn_selectors", endpoint_id)
+        found = self.memo.get(key)
+        if isinstance(found, list):
+            return found
         ep = self.local_endpoint_by_id(endpoint_id)
-        return [] if ep is None else self.snapshot.fqdn_selectors(ep)
+        rules = [] if ep is None else self.snapshot.fqdn_selectors(ep)
+        self.memo[key] = rules
+        return rules
 
     # --- lookups ------------------------------------------------------------------------------
 
@@ -165,9 +172,22 @@ class ClusterState:
                 return verdict, direction
         return verdict, direction  # type: ignore[return-value]  # plan is non-empty
 
-    def decide_dns(self, src_ip: ipaddress.IPv4Address, server_ip: ipaddress.IPv4Address,
-                   dport: int, qname: str, proto: Proto = Proto.UDP) -> Verdict:
-        src_ep = self.local_endpoint(src_ip)
+    def decide_dns(self, src_ip: ipaddress.IPv4Address | str,
+                   server_ip: ipaddress.IPv4Address | str, dport: int, qname: str,
+                   proto: Proto = Proto.UDP) -> Verdict:
+        src_ep = self.local_endpoint_str(str(src_ip))
         if src_ep is None:
             return Verdict(Decision.DENIED, NO_REDIRECT_RULE, DropReason.POLICY_DENIED)
-        return decide_dns(self.snapshot, src_ep, self.peer(server_ip), dport, qname, proto)
+        return decide_dns(self.snapshot, src_ep, self.peer_str(str(server_ip)), dport, qname,
+                          proto)
+
+    def peer_str(self, ip: str) -> Peer:
+        """`peer` (without DNS names) for a string address, memoized."""
+        key = ("peer", ip)
+        found = self.memo.get(key)
+        if isinstance(found, Peer):
+            return found
+        peer = self.peer(ipaddress.IPv4Address(ip))
+        if len(self.memo) < PLAN_CACHE_MAX:
+            self.memo[key] = peer
+        return peer
