@@ -60,7 +60,10 @@ _OPCODE_MASK = 0x7800
 _RD_CD = 0x0100 | 0x0010  # RD and CD are copied into crafted answers (RFC 1035 §4.1.1, RFC 4035)
 # Bytes allowed in a question label; everything else is refused (security-reliability §1.3).
 _LABEL_OK = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+_LABEL_OK_DOT = _LABEL_OK + b"."
 _HDR = struct.Struct("!HHHHHH")
+_HH = struct.Struct("!HH")
+_MIN_QUERY_BYTES = HEADER_BYTES + 5  # header, root name byte, QTYPE, QCLASS
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
 
@@ -123,7 +126,11 @@ def _skip_name(data: bytes, off: int) -> int:
 
 
 def parse_query(data: bytes) -> Query:
-    """Strictly extract the single question of a query (see the module contract)."""
+    """Strictly extract the single question of a query (see the module contract).
+
+    Hot path (perf-anchors B6): the name is walked by its length bytes only, then the labels
+    are validated, lower-cased and split with one C call each instead of per-label Python.
+    """
     size = len(data)
     if size < HEADER_BYTES:
         raise RemoteProtocolError("truncated header")
@@ -136,38 +143,47 @@ def parse_query(data: bytes) -> Query:
         raise UnsupportedOpcode(f"opcode {(flags & _OPCODE_MASK) >> 11} not supported")
     if qdcount != 1:
         raise RemoteProtocolError(f"QDCOUNT={qdcount}, exactly one question is required")
+    if size < _MIN_QUERY_BYTES:
+        raise RemoteProtocolError("truncated question")
     labels: list[bytes] = []
     off = HEADER_BYTES
-    wire = 1  # the root byte
-    while True:
-        if off >= size:
-            raise RemoteProtocolError("truncated question name")
-        length = data[off]
-        if length == 0:
-            off += 1
-            break
+    length = data[off]
+    while length:
         if length > MAX_LABEL_BYTES:  # pointers (0xC0) and extended label types included
             raise RemoteProtocolError(f"bad label length byte {length:#x} in question")
-        wire += length + 1
-        if wire > MAX_NAME_WIRE_BYTES:
+        end = off + 1 + length
+        if end >= size:  # the label and the next length byte must be inside the message
+            raise RemoteProtocolError("truncated question name")
+        if end - HEADER_BYTES >= MAX_NAME_WIRE_BYTES:  # + root byte: more than 255
             raise RemoteProtocolError("question name longer than 255 bytes")
-        label = data[off + 1 : off + 1 + length]
-        if len(label) != length:
-            raise RemoteProtocolError("truncated label")
-        if label.translate(None, _LABEL_OK):
-            raise RemoteProtocolError("label holds bytes outside [A-Za-z0-9_-]")
-        labels.append(label)
-        off += length + 1
-    if off + 4 > size:
+        labels.append(data[off + 1 : end])
+        off = end
+        length = data[off]
+    off += 1
+    question_end = off + 4
+    if question_end > size:
         raise RemoteProtocolError("truncated question")
-    qtype, qclass = struct.unpack_from("!HH", data, off)
-    off += 4
-    question_end = off
-    has_edns = _walk_records(data, off, ancount, nscount, arcount)
-    qname = (b".".join(labels).decode("ascii").lower() + ".") if labels else "."
-    key = tuple(label.lower() for label in labels)
-    return Query(qid, flags, tuple(labels), qname, qtype, qclass, question_end, has_edns,
-                 data[HEADER_BYTES:question_end], key)
+    qtype, qclass = _HH.unpack_from(data, off)
+    if ancount or nscount or arcount:
+        has_edns = _walk_records(data, question_end, ancount, nscount, arcount)
+    elif question_end != size:
+        raise RemoteProtocolError(f"{size - question_end} trailing bytes after the question")
+    else:
+        has_edns = False
+    if labels:
+        joined = b".".join(labels)
+        # Every byte must be a label byte or one of the len(labels)-1 separators: a label
+        # holding a '.' (dnslib's confusion) or anything outside [A-Za-z0-9_-] is refused.
+        if joined.translate(None, _LABEL_OK_DOT) or joined.count(b".") != len(labels) - 1:
+            raise RemoteProtocolError("label holds bytes outside [A-Za-z0-9_-]")
+        lowered = joined.lower()
+        qname = lowered.decode("ascii") + "."
+        key = tuple(lowered.split(b"."))
+    else:
+        qname, key = ".", ()
+    # tuple.__new__: the C constructor of the NamedTuple (its generated __new__ is Python).
+    return tuple.__new__(Query, (qid, flags, tuple(labels), qname, qtype, qclass, question_end,
+                                 has_edns, data[HEADER_BYTES:question_end], key))
 
 
 def _walk_records(data: bytes, off: int, ancount: int, nscount: int, arcount: int) -> bool:
@@ -266,12 +282,13 @@ def analyze_answer(query: Query, data: bytes, *, expected_id: int | None = None,
     perf-anchors B6/B7); `use_dnslib=True` runs the same checks on dnslib's model. Both are
     held to the same hostile-input and differential tests.
     """
-    if len(data) < HEADER_BYTES:
+    size = len(data)
+    if size < HEADER_BYTES:
         raise RemoteProtocolError("truncated answer header")
-    if len(data) > MAX_MESSAGE_BYTES:
+    if size > MAX_MESSAGE_BYTES:
         raise RemoteProtocolError("answer larger than 65535 bytes")
     want_id = query.id if expected_id is None else expected_id
-    qid, flags, qdcount, ancount = struct.unpack_from("!HHHH", data)
+    qid, flags, qdcount, ancount, _ns, _ar = _HDR.unpack_from(data)
     if qid != want_id:
         raise RemoteProtocolError(f"answer ID {qid} does not match query ID {want_id}")
     if not flags & _QR:
@@ -281,6 +298,10 @@ def analyze_answer(query: Query, data: bytes, *, expected_id: int | None = None,
     if qdcount == 0 and rcode != RCODE_NOERROR and ancount == 0:
         # Some servers omit the question in error answers; nothing can be learned from them.
         return Answer(qid, rcode, tc)
+    if not use_dnslib and rcode == RCODE_NOERROR and qdcount == 1:
+        direct = _answer_direct(query, data, qid, tc, ancount)
+        if direct is not None:
+            return direct
     if use_dnslib:
         with map_errors(_DNSLIB_ERRORS):
             qname, qtype, records = _records_dnslib(data, rcode)
@@ -291,6 +312,63 @@ def analyze_answer(query: Query, data: bytes, *, expected_id: int | None = None,
     answer = Answer(qid, rcode, tc)
     if rcode == RCODE_NOERROR:
         _harvest(qname, records, answer)
+    return answer
+
+
+def _answer_direct(query: Query, data: bytes, qid: int, tc: bool, ancount: int) -> Answer | None:
+    """The common answer shape in one pass, without the record list and chain tables: the
+    question echoed byte for byte and every answer record owned by a pointer to it, no CNAME.
+
+    Gives exactly what `_records_fast` + `_harvest` give for such an answer; returns None (and
+    the general walker takes over from scratch, raising where it must) on any other shape or
+    on anything malformed, so no error path lives here.
+    """
+    question = query.question_wire
+    if not question or not data.startswith(question, HEADER_BYTES):
+        return None
+    off = HEADER_BYTES + len(question)
+    size = len(data)
+    answer = Answer(qid, RCODE_NOERROR, tc)
+    ips, rrtypes = answer.ips, answer.rrtypes
+    seen: set[str] = set()
+    min_ttl = -1
+    for _ in range(ancount):
+        if not data.startswith(_PTR_QNAME, off) or off + 12 > size:
+            return None
+        rtype, _cls, ttl, rdlen = _RR_FIXED.unpack_from(data, off + 2)
+        off += 12
+        end = off + rdlen
+        if end > size:
+            return None
+        if rtype == QTYPE_A:
+            if rdlen != 4:
+                return None
+            ip = socket.inet_ntoa(data[off:end])
+            rrtypes.append("A")
+        elif rtype == QTYPE_AAAA:
+            if rdlen != 16:
+                return None
+            ip = str(ipaddress.IPv6Address(data[off:end]))
+            rrtypes.append("AAAA")
+        elif rtype == QTYPE_CNAME:
+            return None
+        else:
+            rrtypes.append(_RRTYPE_NAMES.get(rtype) or str(rtype))
+            off = end
+            continue
+        off = end
+        if ip in seen:
+            continue
+        if len(ips) >= MAX_ANSWER_IPS:
+            answer.ips_capped = True
+            continue
+        seen.add(ip)
+        if ttl > _MAX_TTL:
+            ttl = 0
+        ips.append((ip, ttl))
+        if min_ttl < 0 or ttl < min_ttl:
+            min_ttl = ttl
+    answer.min_ttl = max(min_ttl, 0)
     return answer
 
 
@@ -437,22 +515,26 @@ def _harvest(qname: tuple[bytes, ...], records: list[_Record], answer: Answer) -
     onto the qname with the lowest TTL).
     """
     ttl_to: dict[tuple[bytes, ...], int] = {qname: _MAX_TTL}
-    cname_of: dict[tuple[bytes, ...], tuple[tuple[bytes, ...], int]] = {}
+    cname_of: dict[tuple[bytes, ...], tuple[tuple[bytes, ...], int]] | None = None
     for owner, rtype, ttl, value in records:
         if rtype == QTYPE_CNAME and isinstance(value, tuple):
+            if cname_of is None:
+                cname_of = {}
             cname_of.setdefault(owner, (value, ttl))
-    current = qname
-    for _hop in range(MAX_CNAME_CHAIN):
-        nxt = cname_of.get(current)
-        if nxt is None or nxt[0] in ttl_to:
-            break  # end of chain, or a CNAME loop
-        ttl_to[nxt[0]] = min(ttl_to[current], nxt[1])
-        answer.cnames.append(_label_str(nxt[0]))
-        current = nxt[0]
+    if cname_of is not None:  # most answers carry no CNAME: skip the chain walk
+        current = qname
+        for _hop in range(MAX_CNAME_CHAIN):
+            nxt = cname_of.get(current)
+            if nxt is None or nxt[0] in ttl_to:
+                break  # end of chain, or a CNAME loop
+            ttl_to[nxt[0]] = min(ttl_to[current], nxt[1])
+            answer.cnames.append(_label_str(nxt[0]))
+            current = nxt[0]
     seen: set[str] = set()
-    min_ttl: int | None = None
+    min_ttl = -1
+    ips, rrtypes = answer.ips, answer.rrtypes
     for owner, rtype, ttl, value in records:
-        answer.rrtypes.append(_RRTYPE_NAMES.get(rtype, str(rtype)))
+        rrtypes.append(_RRTYPE_NAMES.get(rtype) or str(rtype))
         if not isinstance(value, str):
             continue
         chain_ttl = ttl_to.get(owner)
@@ -461,14 +543,16 @@ def _harvest(qname: tuple[bytes, ...], records: list[_Record], answer: Answer) -
             continue
         if value in seen:
             continue
-        if len(answer.ips) >= MAX_ANSWER_IPS:
+        if len(ips) >= MAX_ANSWER_IPS:
             answer.ips_capped = True
             continue
         seen.add(value)
-        ttl = min(ttl, chain_ttl)
-        answer.ips.append((value, ttl))
-        min_ttl = ttl if min_ttl is None else min(min_ttl, ttl)
-    answer.min_ttl = min_ttl or 0
+        if chain_ttl < ttl:
+            ttl = chain_ttl
+        ips.append((value, ttl))
+        if min_ttl < 0 or ttl < min_ttl:
+            min_ttl = ttl
+    answer.min_ttl = max(min_ttl, 0)
 
 
 _RRTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT",

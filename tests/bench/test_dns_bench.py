@@ -5,7 +5,9 @@ Prints qps, p50/p99 latency (from dnsperf -v per-query lines), proxy CPU µs/que
 ratios against direct. No timing assertions (STYLE.md §8): it only checks that queries were
 answered. The proxy runs in its own process with uvloop, a `matchPattern: "*"` DNS rule, a real
 `FqdnCache` learning every answer, and a bounded in-memory flow sink; a second proxy process
-runs with `gc.freeze()` and a raised gen-0 threshold to show what collector tuning buys.
+runs with `gc.freeze()` and a raised gen-0 threshold to show what collector tuning buys, and a
+third ("bare": constant verdict, no learning) gives the proxy's own CPU per query and per
+datagram, without the policy code the agent plugs in.
 """
 
 from __future__ import annotations
@@ -39,7 +41,22 @@ from policy.types import Decision, Verdict
 from proxy.dns.server import DnsProxyServer, loop_factory
 
 upstream = ("127.0.0.1", int(sys.argv[1]))
-GC_TUNED = sys.argv[2] == "gc-tuned"
+MODE = set(sys.argv[2].split("+"))
+GC_TUNED = "gc-tuned" in MODE  # freeze startup objects, fewer gen-0 passes
+GC_FREEZE = "gc-freeze" in MODE  # gc.freeze() once a second: retained flows leave the GC
+GC_OFF = "gc-off" in MODE  # reference point only: no cyclic collector at all
+BARE = "bare" in MODE  # constant verdict, no learning: the proxy's own cost only
+GC_LOG = "gc-log" in MODE  # print collector pauses (count, total, max per generation) at exit
+pauses = collections.defaultdict(list)
+
+def on_gc(phase, info):
+    if phase == "start":
+        on_gc.t0 = time.perf_counter()
+    else:
+        pauses[info["generation"]].append(time.perf_counter() - on_gc.t0)
+
+if GC_LOG:
+    gc.callbacks.append(on_gc)
 rule = build_matcher([], ["*"])
 allow = Verdict(Decision.FORWARDED, rule_id="bench/dns")
 deny = Verdict(Decision.ERROR)
@@ -54,19 +71,38 @@ def learn(info, qname, ips):
     cache.learn(1, qname, ips, time.time(), sel, allow_private=True)
     return None
 
+if BARE:
+    def decide(info, qname):
+        return allow
+
+    def learn(info, qname, ips):
+        return None
+
 async def main():
     if GC_TUNED:
         gc.freeze()  # startup objects leave the collector's view
         gc.set_threshold(50_000, 50, 100)  # fewer gen-0 passes over per-query garbage
+    if GC_OFF:
+        gc.disable()
+    loop = asyncio.get_running_loop()
+    if GC_FREEZE:
+        def refreeze():
+            gc.freeze()
+            loop.call_later(1.0, refreeze)
+        refreeze()
     srv = DnsProxyServer(("127.0.0.1", 0), decide, learn, flows.append, transparent=False,
                          origdst=lambda addr: upstream)
     await srv.start()
     print(srv.address[1], flush=True)
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_reader(sys.stdin.fileno(), stop.set)
     await stop.wait()
     await srv.close()
+    if GC_LOG:
+        for gen, p in sorted(pauses.items()):
+            print(f"gc gen{gen}: {len(p)} pauses, total {sum(p) * 1e3:.1f} ms, "
+                  f"max {max(p) * 1e3:.2f} ms, >1 ms: {sum(x > 1e-3 for x in p)}",
+                  file=sys.stderr)
 
 with asyncio.Runner(loop_factory=loop_factory()) as r:
     r.run(main())
@@ -144,14 +180,15 @@ def procs(tmp_path: Path) -> Iterator[dict[str, object]]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proxies = [subprocess.Popen([sys.executable, "-c", PROXY_SCRIPT, str(port), mode], cwd=ROOT,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-               for mode in ("default", "gc-tuned")]
+               for mode in ("default", "gc-tuned", "bare")]
     try:
         ports = [int(p.stdout.readline()) for p in proxies if p.stdout is not None]
         datafile = tmp_path / "queries.txt"
         datafile.write_text("".join(f"host{i}.bench.example.com A\n" for i in range(NAMES)))
         time.sleep(0.3)
         yield {"direct": port, "proxy": ports[0], "pid": proxies[0].pid, "proxy_gc": ports[1],
-               "pid_gc": proxies[1].pid, "data": datafile, "dnsmasq": dnsmasq.pid}
+               "pid_gc": proxies[1].pid, "proxy_bare": ports[2], "pid_bare": proxies[2].pid,
+               "data": datafile, "dnsmasq": dnsmasq.pid}
     finally:
         for p in proxies:
             if p.stdin is not None:
@@ -176,6 +213,8 @@ def test_dns_proxy_throughput_and_latency(procs: dict[str, object]) -> None:
     pid = int(procs["pid"])  # type: ignore[call-overload]
     dm_pid = int(procs["dnsmasq"])  # type: ignore[call-overload]
     gc_port, gc_pid = int(procs["proxy_gc"]), int(procs["pid_gc"])  # type: ignore[call-overload]
+    bare_port = int(procs["proxy_bare"])  # type: ignore[call-overload]
+    bare_pid = int(procs["pid_bare"])  # type: ignore[call-overload]
     runs = [
         _dnsperf(direct, data, "direct  max (64 out)", qps=None, cpu_pid=dm_pid),
         _dnsperf(proxy, data, "proxy   max (64 out)", qps=None, cpu_pid=pid),
@@ -184,6 +223,9 @@ def test_dns_proxy_throughput_and_latency(procs: dict[str, object]) -> None:
         _dnsperf(gc_port, data, "proxy+gc-tuned max (64 out)", qps=None, cpu_pid=gc_pid),
         _dnsperf(gc_port, data, f"proxy+gc-tuned {FIXED_QPS} qps", qps=FIXED_QPS,
                  cpu_pid=gc_pid),
+        _dnsperf(bare_port, data, "proxy-bare max (64 out)", qps=None, cpu_pid=bare_pid),
+        _dnsperf(bare_port, data, f"proxy-bare {FIXED_QPS} qps", qps=FIXED_QPS,
+                 cpu_pid=bare_pid),
         _dnsperf(proxy, data, f"proxy   {FIXED_QPS} qps TCP", qps=FIXED_QPS, tcp=True,
                  cpu_pid=pid),
     ]
@@ -194,6 +236,12 @@ def test_dns_proxy_throughput_and_latency(procs: dict[str, object]) -> None:
         print(f"{r.label:28} {r.qps:9.0f} {r.p50_ms:8.3f} {r.p99_ms:8.3f} {r.lost:6d} {cpu}")
     d_max, p_max, d_fix, p_fix = runs[:4]
     print(f"max-rate qps ratio proxy/direct: {p_max.qps / d_max.qps:.2f}")
+    bare_max = runs[6]
+    if bare_max.cpu_us_per_q is not None:
+        # Four datagrams per query (pod->proxy, proxy->server, server->proxy, proxy->pod).
+        print(f"proxy-bare (constant verdict, no learning) at max rate: "
+              f"{bare_max.cpu_us_per_q:.1f} us CPU/query = "
+              f"{bare_max.cpu_us_per_q / 4:.1f} us CPU/datagram through the server")
     print(f"at {FIXED_QPS} qps added latency: p50 +{p_fix.p50_ms - d_fix.p50_ms:.3f} ms, "
           f"p99 +{p_fix.p99_ms - d_fix.p99_ms:.3f} ms")
     assert all(r.completed > 0 for r in runs)
@@ -201,7 +249,9 @@ def test_dns_proxy_throughput_and_latency(procs: dict[str, object]) -> None:
 
 def test_dns_core_microbench() -> None:
     """Per-query CPU of the pure parts (no I/O): extractor, answer walker vs dnslib, a full
-    allowed query cycle through DnsSession, and FqdnCache.learn. Medians of 5 runs."""
+    allowed query cycle through DnsSession (= µs per allowed query through the core), and
+    FqdnCache.learn. Thread CPU time, best of 9 runs (the machine is shared: the minimum is
+    the stable figure)."""
     import statistics
     import timeit
 
@@ -238,13 +288,14 @@ def test_dns_core_microbench() -> None:
         "dnslib DNSRecord.parse(query)": lambda: dnslib.DNSRecord.parse(query),
         "analyze_answer (walker)": lambda: wire.analyze_answer(q, answer),
         "analyze_answer (dnslib)": lambda: wire.analyze_answer(q, answer, use_dnslib=True),
-        "DnsSession allowed cycle": cycle,
+        "DnsSession allowed cycle (core/query)": cycle,
         "FqdnCache.learn": lambda: cache.learn(1, "host1.bench.example.com.",
                                                [("93.184.216.34", 30)], time.time(), sel,
                                                allow_private=False),
     }
     print()
     for label, fn in cases.items():
-        runs = [timeit.timeit(fn, number=2000) / 2000 * 1e6 for _ in range(5)]
-        print(f"{label:34} {statistics.median(runs):8.2f} us")
+        timer = timeit.Timer(fn, timer=time.thread_time)
+        runs = [timer.timeit(number=2000) / 2000 * 1e6 for _ in range(9)]
+        print(f"{label:38} {min(runs):8.2f} us (median {statistics.median(runs):.2f})")
     assert sess.inflight == 0

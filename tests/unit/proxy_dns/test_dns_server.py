@@ -262,3 +262,67 @@ def test_answer_from_wrong_source_is_ignored(run: Run) -> None:
             got = await task
             assert rcode(got) == wire.RCODE_SERVFAIL and h.learned == []
     run(main())
+
+
+def test_tcp_idle_connection_closed_by_tick_slow_drip_too(run: Run) -> None:
+    async def main() -> None:
+        async with Harness(tcp_idle_timeout_s=0.3) as h:
+            reader, writer = await asyncio.open_connection(*h.proxy.address)
+            writer.write(wire.frame(raw_query(b"a", b"example", b"com", qid=5)))
+            length = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5), "big")
+            assert (await reader.readexactly(length))[:2] == b"\x00\x05"
+            drip = wire.frame(raw_query(b"b", b"example", b"com"))
+            closed = False
+            for byte in drip[:-1]:  # bytes, never a whole message: not activity
+                if reader.at_eof() or writer.is_closing():
+                    closed = True
+                    break
+                try:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                except (ConnectionError, RuntimeError):  # uvloop: RuntimeError once closed
+                    closed = True
+                    break
+                await asyncio.sleep(0.1)
+            try:
+                closed = closed or await asyncio.wait_for(reader.read(), 5) == b""
+            except ConnectionError:
+                closed = True
+            assert closed  # the proxy hung up although bytes kept coming
+            writer.close()
+    run(main())
+
+
+def test_upstream_udp_sockets_are_bounded_idle_ones_evicted(
+        run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.dns import server as server_mod
+    monkeypatch.setattr(server_mod, "MAX_UPSTREAM_UDP_SOCKETS", 2)
+
+    async def main() -> None:
+        ups = [FakeUpstream() for _ in range(3)]
+        for up in ups:
+            await up.start()
+        pick = {"i": 0}
+        proxy = DnsProxyServer(("127.0.0.1", 0), decide, lambda *a: None, lambda f: None,
+                               transparent=False, origdst=lambda addr: ups[pick["i"]].addr)
+        await proxy.start()
+        try:
+            for round_ in range(2):
+                for i in range(3):  # three servers, a pool of two: idle sockets make room
+                    pick["i"] = i
+                    out = await udp_ask(proxy, raw_query(b"r%d" % round_, b"example", b"com"))
+                    assert rcode(out) == wire.RCODE_NOERROR
+                    assert proxy.upstream_socket_count <= 2
+            pick["i"] = 0  # a slow query keeps its socket busy ...
+            slow = asyncio.ensure_future(udp_ask(proxy, raw_query(b"slow", b"example", b"com")))
+            await asyncio.sleep(0.1)
+            pick["i"] = 1
+            assert rcode(await udp_ask(proxy, raw_query(b"x", b"example", b"com"))) == 0
+            pick["i"] = 2  # ... so the idle one goes, and the slow answer still arrives
+            assert rcode(await udp_ask(proxy, raw_query(b"y", b"example", b"com"))) == 0
+            assert rcode(await slow) == wire.RCODE_NOERROR
+        finally:
+            await proxy.close()
+            for up in ups:
+                await up.close()
+    run(main())

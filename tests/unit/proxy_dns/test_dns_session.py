@@ -254,3 +254,66 @@ def test_learn_timeout_still_releases_and_counts() -> None:
 def test_bad_reject_rcode_config() -> None:
     with pytest.raises(ValueError):
         make(reject_rcode="servfail")
+
+
+def _exchange_flows() -> list[Flow]:
+    """Flows of one allowed (with an answer), one denied and one malformed query."""
+    sess, _clock, _ = make()
+    flows: list[Flow] = []
+    up = sess.feed_query(raw_query(b"a", b"example", b"com", qid=3), INFO)[0]
+    assert isinstance(up, SendUpstream)
+    learn = sess.feed_upstream(up.channel, reply(up.data, [
+        rr(name(b"a", b"example", b"com"), 1, a_rdata("93.1.1.1"), ttl=9)]))[0]
+    assert isinstance(learn, Learn)
+    acts = [*sess.learn_done(learn.token), *sess.feed_query(raw_query(b"evil", b"net"), INFO),
+            *sess.feed_query(header(qd=2), INFO)]
+    flows = [a.flow for a in acts if isinstance(a, Emit)]
+    assert len(flows) == 3
+    return flows
+
+
+def test_positional_flow_equals_keyword_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.dns import session as session_mod
+    assert session_mod._POSITIONAL  # observe/flow.py still has the field order _flow knows
+    fast = _exchange_flows()
+    monkeypatch.setattr(session_mod, "_POSITIONAL", False)
+    slow = _exchange_flows()
+    assert fast == slow
+    assert [f.to_json() for f in fast] == [f.to_json() for f in slow]
+    assert fast[0].allowed_by == ["default/dns"] and fast[0].dns is not None
+    assert fast[0].dns.ips == ["93.1.1.1"] and fast[0].dns.ttl == 9
+
+
+def test_flows_never_share_containers() -> None:
+    a, b, _c = _exchange_flows()
+    a.source.labels.append("k=v")
+    a.tcp_flags.append("SYN")
+    a.destination_names.append("x.")
+    a.denied_by.append("ns/p")
+    assert b.source.labels == [] and b.tcp_flags == [] and b.destination_names == []
+    assert b.denied_by == [] and a.source is not a.destination
+    assert a.source.labels is not a.destination.labels
+
+
+def test_timeouts_in_order_across_channels_after_partial_answers() -> None:
+    sess, clock, _ = make(upstream_timeout_s=2.0)
+    other = DnsConnInfo("10.0.1.5", 40000, "10.0.0.11", 53, "UDP")  # a second server
+    sent = []
+    for i, info in enumerate([INFO, other, INFO, other]):
+        up = sess.feed_query(raw_query(b"t%d" % i, b"example", b"com", qid=100 + i), info)[0]
+        assert isinstance(up, SendUpstream)
+        sent.append(up)
+        clock.ns += 500_000_000  # queries at 0, 0.5, 1.0, 1.5 s
+    done = sess.feed_upstream(sent[0].channel, reply(sent[0].data, []))  # the oldest answered
+    assert isinstance(done[0], SendClient)
+    clock.ns = 1_000_000_000 + 2_499_999_999  # query 1 is due at 2.5 s
+    assert sess.tick() == []
+    clock.ns += 1
+    first = [a.data[:2] for a in sess.tick() if isinstance(a, SendClient)]
+    assert first == [(101).to_bytes(2, "big")]
+    clock.ns += 1_000_000_000  # 3.5 s: queries 2 and 3 are due
+    rest = sorted(a.data[:2] for a in sess.tick() if isinstance(a, SendClient))
+    assert rest == [(102).to_bytes(2, "big"), (103).to_bytes(2, "big")]
+    assert sess.inflight == 0 and sess.stats.upstream_errors["timeout"] == 3
+    assert sess.feed_upstream(sent[1].channel, reply(sent[1].data, [])) == [
+        Drop("unmatched answer")]

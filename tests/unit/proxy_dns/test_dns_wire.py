@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -366,3 +367,52 @@ def test_answer_question_with_other_case_takes_the_slow_path(analyze: Analyze) -
     wrong_type = raw_query(b"WwW", b"a", b"com", qtype=28)
     with pytest.raises(RemoteProtocolError):
         analyze(q, reply(wrong_type, [rr(b"\xc0\x0c", 1, a_rdata("93.1.1.1"))]))
+
+
+def _general_path(q: wire.Query, data: bytes) -> wire.Answer:
+    """The record-list walker + chain harvest, bypassing the one-pass shortcut."""
+    qid, flags, qdcount, ancount = struct.unpack_from("!HHHH", data)
+    qname, _qtype, records = wire._records_fast(q, data, qdcount, ancount, 0)
+    answer = wire.Answer(qid, 0, bool(flags & 0x0200))
+    wire._harvest(qname, records, answer)
+    return answer
+
+
+_POOL = ["93.1.1.1", "93.1.1.2", "2001:db8::1", "2001:db8::2"]
+
+
+@given(recs=st.lists(st.tuples(st.sampled_from(["ip", "txt"]), st.integers(0, 3),
+                               st.integers(0, 2**32 - 1)), max_size=8))
+def test_one_pass_answer_equals_general_walker(recs: list[tuple[str, int, int]]) -> None:
+    data = raw_query(b"WwW", b"a", b"com", qid=7)
+    q = wire.parse_query(data)
+    raw = []
+    for kind, index, ttl in recs:
+        ip = _POOL[index]
+        if kind == "txt":
+            raw.append(rr(b"\xc0\x0c", 16, b"\x03abc", ttl=ttl))
+        elif ":" in ip:
+            raw.append(rr(b"\xc0\x0c", 28, ipaddress.IPv6Address(ip).packed, ttl=ttl))
+        else:
+            raw.append(rr(b"\xc0\x0c", 1, a_rdata(ip), ttl=ttl))
+    blob = reply(data, raw)
+    direct = wire._answer_direct(q, blob, 7, False, len(raw))
+    assert direct is not None
+    assert direct == _general_path(q, blob) == wire.analyze_answer(q, blob)
+
+
+def test_one_pass_answer_declines_other_shapes_and_cap() -> None:
+    data = raw_query(b"www", b"a", b"com", qid=7)
+    q = wire.parse_query(data)
+    cname = reply(data, [rr(b"\xc0\x0c", 5, name(b"x", b"net"))])
+    full_owner = reply(data, [rr(name(b"www", b"a", b"com"), 1, a_rdata("93.1.1.1"))])
+    bad_len = reply(data, [rr(b"\xc0\x0c", 1, b"\x01\x02\x03")])
+    truncated = reply(data, [rr(b"\xc0\x0c", 1, a_rdata("9.9.9.9"))])[:-1]
+    for blob in (cname, full_owner, bad_len, truncated):
+        assert wire._answer_direct(q, blob, 7, False, 1) is None
+    many = [rr(b"\xc0\x0c", 1, bytes((10, i >> 8, i & 255, 1)))
+            for i in range(wire.MAX_ANSWER_IPS + 3)]
+    blob = reply(data, many)
+    direct = wire._answer_direct(q, blob, 7, False, len(many))
+    assert direct is not None and direct.ips_capped and len(direct.ips) == wire.MAX_ANSWER_IPS
+    assert direct == _general_path(q, blob)
