@@ -320,9 +320,12 @@ class Agent:
         if self.events is None:
             return
         st = self.current()
-        if self.datapath is not None:
-            self._fqdn_name_ids = self.datapath.maps.fqdn.names()
-        for ev in self.events.consume():
+        events = self.events.consume()
+        if self.datapath is not None and any(
+                ev.fqdn_name_id is not None and ev.fqdn_name_id not in self._fqdn_name_ids
+                for ev in events):
+            self._fqdn_name_ids = self.datapath.maps.fqdn.names()  # a map dump: only if needed
+        for ev in events:
             flow = flow_from_event(ev, st, self._rule_names, self._fqdn_names,
                                    self._fqdn_name_ids)
             self._explain_expired(ev, flow)
