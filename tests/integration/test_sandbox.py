@@ -263,7 +263,8 @@ def test_agent_management_with_a_stand_in_agent(tmp_path: Path,
         assert sb.reload() == ["node1", "node2"]
         hups = STATE_DIR / "node1" / "state" / "sighups"
         deadline = time.monotonic() + CMD_TIMEOUT_S
-        while not hups.exists() and time.monotonic() < deadline:
+        # the stand-in's handler creates the file before its write lands: wait for content
+        while not (hups.exists() and hups.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert hups.read_text() == "hup\n"
         sb.restart("node1")
