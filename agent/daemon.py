@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import os
 import shutil
@@ -44,6 +43,7 @@ LAST_GOOD_DIR = "last-good-policy"  # copy of the policy files of the active sna
 FQDN_GC_INTERVAL_S = 1.0  # expiry check period (Cilium's GC runs every 60 s)
 CT_IDLE_NS = 300 * 1_000_000_000  # conntrack entries idle this long are reclaimed by the GC
 CT_ACTIVE_NS = 10 * 1_000_000_000  # a flow seen this recently counts as "in use" for FQDN GC
+CT_SNAPSHOT_NS = 1_000_000_000  # how long one conntrack dump answers "in use" questions
 CT_GC_EVERY = 30  # housekeeping rounds between conntrack sweeps
 
 
@@ -113,6 +113,7 @@ class Agent:
         self.metrics_server: Any = None
         self.registry: Any = None
         self._pinned: Any = None
+        self._ct_active: tuple[int, set[tuple[int, str]]] | None = None
         self.dns_port = 0
         self.attached: list[str] = []
         self._stop = asyncio.Event()
@@ -283,11 +284,18 @@ class Agent:
         """
         if self.datapath is None:
             return False
-        addr = ipaddress.IPv4Address(ip)
+        return (endpoint_id, ip) in self._active_flows()
+
+    def _active_flows(self) -> set[tuple[int, str]]:
+        """(endpoint, peer IP) pairs with recent conntrack traffic: one map dump per second
+        at most, however many FQDN entries expire or get evicted meanwhile."""
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        return any(r.endpoint_id == endpoint_id and addr in (r.src, r.dst)
-                   and now - r.last_seen_ns < CT_ACTIVE_NS
-                   for r in self.datapath.maps.ct.items())
+        if self._ct_active is not None and now - self._ct_active[0] < CT_SNAPSHOT_NS:
+            return self._ct_active[1]
+        active = {(r.endpoint_id, str(peer)) for r in self.datapath.maps.ct.items()
+                  if now - r.last_seen_ns < CT_ACTIVE_NS for peer in (r.src, r.dst)}
+        self._ct_active = (now, active)
+        return active
 
     # --- flows ----------------------------------------------------------------------------------
 
