@@ -52,6 +52,8 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "verdict": ("", "verdict"), "drop-reason-desc": ("", "drop_reason_desc"),
     "type": ("", "event_type"), "protocol": ("", "protocol"),
     "http-method": ("", "http_method"), "http-path": ("", "http_path"),
+    "http-url": ("", "http_url"), "http-header": ("", "http_header"),
+    "tcp-flags": ("", "tcp_flags"),
     "http-status": ("", "http_status_code"), "node-name": ("", "node_name"),
     "traffic-direction": ("", "traffic_direction"),
 }
@@ -60,7 +62,8 @@ SIDED = ("pod", "label", "ip", "port", "fqdn", "identity")
 FIELDS = frozenset(
     [f"source_{s}" for s in SIDED] + [f"destination_{s}" for s in SIDED]
     + ["verdict", "drop_reason_desc", "event_type", "protocol", "http_method", "http_path",
-       "http_status_code", "node_name", "traffic_direction"]
+       "http_url", "http_header", "tcp_flags", "http_status_code", "node_name",
+       "traffic_direction"]
 )
 PROTOCOLS = ("tcp", "udp", "icmp", "icmpv4", "icmpv6", "http", "dns")
 DEFAULT_NAMESPACE = "default"  # Hubble: `--pod name` means default/name
@@ -251,6 +254,16 @@ def _plain_matcher(fld: str, value: Any) -> Predicate:
             except re2.error as exc:
                 raise FilterError(f"--http-path: bad regex {text!r}: {exc}") from None
             return lambda fl: fl.http is not None and rx.search(url_path(fl.http.url)) is not None
+        case "http_url":
+            try:
+                rx_url = re2.compile(text)
+            except re2.error as exc:
+                raise FilterError(f"--http-url: bad regex {text!r}: {exc}") from None
+            return lambda fl: fl.http is not None and rx_url.search(fl.http.url) is not None
+        case "http_header":
+            return _header_matcher(text)
+        case "tcp_flags":
+            return _tcp_flags_matcher(text)
         case "http_status_code":
             return _status_matcher(text)
         case "node_name":
@@ -274,6 +287,30 @@ def _protocol_matcher(proto: str) -> Predicate:
     if proto == "icmp":
         return lambda fl: fl.protocol.upper().startswith("ICMP")
     return lambda fl: fl.protocol.lower() == proto
+
+
+TCP_FLAG_NAMES = ("SYN", "ACK", "FIN", "RST", "PSH", "URG", "ECE", "CWR", "NS")
+
+
+def _tcp_flags_matcher(text: str) -> Predicate:
+    """Hubble's --tcp-flags: `syn` or `syn,ack`: every listed flag is set on the flow."""
+    want = {f.strip().upper() for f in text.split(",") if f.strip()}
+    bad = sorted(want - set(TCP_FLAG_NAMES))
+    if not want or bad:
+        raise FilterError(f"--tcp-flags: one or more of {', '.join(TCP_FLAG_NAMES)} "
+                          f"(comma-separated), not {text!r}")
+    return lambda fl: want.issubset({f.upper() for f in fl.tcp_flags})
+
+
+def _header_matcher(text: str) -> Predicate:
+    """Hubble's --http-header KEY:VALUE: a header of the flow with that name (any case)
+    and exactly that value."""
+    key, sep, value = text.partition(":")
+    if not sep or not key.strip():
+        raise FilterError(f"--http-header: KEY:VALUE, not {text!r}")
+    k, v = key.strip().lower(), value.strip()
+    return lambda fl: fl.http is not None and any(
+        hk.lower() == k and hv == v for hk, hv in fl.http.headers)
 
 
 def _status_matcher(text: str) -> Predicate:
