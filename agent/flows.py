@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable
+from typing import cast
 
 from agent.state import ClusterState
 from observe.flow import EventKind, Flow, FlowEndpoint, FlowVerdict
@@ -124,12 +125,32 @@ def _summary(flow: Flow) -> str:
 def enrich_l7(flow: Flow, st: ClusterState, fqdn_names: Callable[[int, str], list[str]]) -> Flow:
     """Fill what a proxy cannot know: pods, identities, direction, node, DNS names."""
     flow.node_name = st.node
-    flow.source = endpoint_json(st, flow.src_ip, 0)
-    flow.destination = endpoint_json(st, flow.dst_ip, 0)
+    # Everything but the DNS names depends only on the address pair (and on whether this is
+    # a DNS flow) within one state: one HTTP flow per request would otherwise repeat the
+    # endpoint and direction lookups of every earlier request on the same connection.
+    key = ("enrich_l7", flow.src_ip, flow.dst_ip, flow.dns is None)
+    cached = st.memo.get(key)
+    if cached is None:
+        cached = _enrich_parts(st, flow.src_ip, flow.dst_ip, flow.dns is None)
+        if len(st.memo) < MEMO_MAX:
+            st.memo[key] = cached
+    source, destination, direction, src_endpoint_id = cast(_EnrichParts, cached)
+    flow.source = source
+    flow.destination = destination
     if not flow.traffic_direction:
-        dst_local = flow.dst_ip and st.local_endpoint_str(flow.dst_ip)
-        flow.traffic_direction = "INGRESS" if dst_local and flow.dns is None else "EGRESS"
-    src = st.local_endpoint_str(flow.src_ip) if flow.src_ip else None
-    if src is not None and flow.dst_ip and not flow.destination_names:
-        flow.destination_names = fqdn_names(src.endpoint_id, flow.dst_ip)
+        flow.traffic_direction = direction
+    if src_endpoint_id is not None and flow.dst_ip and not flow.destination_names:
+        flow.destination_names = fqdn_names(src_endpoint_id, flow.dst_ip)
     return flow
+
+
+_EnrichParts = tuple[FlowEndpoint, FlowEndpoint, str, int | None]
+
+
+def _enrich_parts(st: ClusterState, src_ip: str, dst_ip: str,
+                  not_dns: bool) -> _EnrichParts:
+    dst_local = dst_ip and st.local_endpoint_str(dst_ip)
+    direction = "INGRESS" if dst_local and not_dns else "EGRESS"
+    src = st.local_endpoint_str(src_ip) if src_ip else None
+    return (endpoint_json(st, src_ip, 0), endpoint_json(st, dst_ip, 0), direction,
+            src.endpoint_id if src is not None else None)

