@@ -9,16 +9,22 @@ Contract: `FlowMetrics(metrics).observe(flow)` updates, from one `Flow`:
   `hubble_http_request_duration_seconds{method,reporter}` from HTTP *response* flows, and from
   DROPPED request flows that carry the status the proxy answered itself (the 403 of a denied
   request), so that dashboards see denials as 403s as they do with Cilium's Envoy.
-- `hubble_dns_queries_total` from DNS request flows (rcode "", ips_returned "0") and
+- `hubble_dns_queries_total` from every DNS flow (rcode "", ips_returned "0") and
   `hubble_dns_responses_total` from DNS response flows.
-- `cilium_policy_l7_total{rule=received|forwarded|denied}` from L7 *request* flows; the proxies
-  count only `parse_errors` themselves (junk that never becomes a request flow).
+- `cilium_policy_l7_total{rule=received|forwarded|denied}` from every L7 flow; the proxies
+  count only `parse_errors` themselves (junk that never becomes a flow).
+The proxies emit ONE record per exchange: a denied request as a DROPPED request flow, a
+forwarded one only as its response flow, so a response also counts the request it answers.
 `lost(source, n)` counts lost events in `hubble_lost_events_total` (and the ring's own
 `l7gate_flow_ring_lost_total` when the source is the ring).
+HTTP flows (one per request) take a fast path: the children a flow bumps are computed once
+per distinct label-relevant key by running the general path with recorders, then replayed
+(test_flow_metric_plans.py pins that both paths count the same).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from metrics.registry import (
@@ -65,12 +71,55 @@ def _drop_protocol(flow: Flow) -> str:
     return drop_protocol_label(flow.protocol)
 
 
+# HTTP flows are one per request: what they bump depends only on the fields in `_http_key`,
+# so the list of children is computed once per distinct key (method, status, direction, ...).
+# Methods and status codes are bounded by the label helpers (unknown ones fold into "other"),
+# but the raw values in the key are not, so the plan cache is bounded; past it, the slow path.
+HTTP_PLAN_MAX = 4096
+
+_HttpPlan = tuple[tuple[Callable[[], None], ...], Callable[[float], None] | None]
+
+
+def _http_key(flow: Flow) -> tuple[object, ...]:
+    h = flow.http
+    assert h is not None
+    return (flow.kind, flow.verdict, flow.l7_type, flow.traffic_direction,
+            flow.drop_reason_desc, h.method, h.protocol, h.code, flow.latency_ns > 0)
+
+
+class _Recorder:
+    """Stands in for a metric child while a plan is computed: records what would be bumped."""
+
+    __slots__ = ("child", "plan")
+
+    def __init__(self, child: Any, plan: _Plan) -> None:
+        self.child = child
+        self.plan = plan
+
+    def inc(self, amount: float = 1) -> None:
+        assert amount == 1
+        self.plan.incs.append(self.child.inc)
+
+    def observe(self, value: float) -> None:
+        self.plan.observe = self.child.observe
+
+
+class _Plan:
+    __slots__ = ("incs", "observe")
+
+    def __init__(self) -> None:
+        self.incs: list[Callable[[], None]] = []
+        self.observe: Callable[[float], None] | None = None
+
+
 class FlowMetrics:
     def __init__(self, metrics: AgentMetrics) -> None:
         self.m = metrics
         # labels() takes a lock and validates on every call; label sets are closed, so the
         # children are looked up once and kept (a flow costs a few dict hits, not locks)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._http_plans: dict[tuple[object, ...], _HttpPlan] = {}
+        self._lost_plans: dict[str, tuple[Any, Any]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -80,6 +129,30 @@ class FlowMetrics:
         return child
 
     def observe(self, flow: Flow) -> None:
+        if flow.http is not None and flow.dns is None:
+            key = _http_key(flow)
+            plan = self._http_plans.get(key)
+            if plan is None:
+                plan = self._plan_http(flow, key)
+            incs, observe = plan
+            for inc in incs:
+                inc()
+            if observe is not None:
+                observe(flow.latency_ns / 1e9)
+            return
+        self._observe(flow)
+
+    def _plan_http(self, flow: Flow, key: tuple[object, ...]) -> _HttpPlan:
+        """Run the general path once with recorders instead of children (so the two paths
+        cannot disagree), and keep what it bumped."""
+        rec = _Plan()
+        _PlanBuilder(self, rec)._observe(flow)
+        plan = (tuple(rec.incs), rec.observe)
+        if len(self._http_plans) < HTTP_PLAN_MAX:
+            self._http_plans[key] = plan
+        return plan
+
+    def _observe(self, flow: Flow) -> None:
         typ, sub = flow_type_labels(flow)
         self._child(self.m.flows_processed, typ, sub, flow.verdict.value).inc()
         if flow.verdict is FlowVerdict.DROPPED and flow.kind is not EventKind.POLICY_VERDICT:
@@ -93,12 +166,19 @@ class FlowMetrics:
     def lost(self, source: str, count: int) -> None:
         if count <= 0:
             return
-        src = source.lower()
-        if src not in LOST_SOURCES:
-            src = "observer_events_queue"
-        self._child(self.m.lost_events, src).inc(count)
-        if src == "hubble_ring_buffer":
-            self.m.flow_ring_lost.inc(count)
+        plan = self._lost_plans.get(source)
+        if plan is None:
+            src = source.lower()
+            if src not in LOST_SOURCES:
+                src = "observer_events_queue"
+            ring = self.m.flow_ring_lost if src == "hubble_ring_buffer" else None
+            plan = (self.m.lost_events.labels(src), ring)
+            if len(self._lost_plans) < len(LOST_SOURCES) * 4:  # sources are a closed set
+                self._lost_plans[source] = plan
+        lost_child, ring_lost = plan
+        lost_child.inc(count)
+        if ring_lost is not None:
+            ring_lost.inc(count)
 
     def _http(self, flow: Flow) -> None:
         h = flow.http
@@ -110,6 +190,9 @@ class FlowMetrics:
                                         status_label(h.code), reporter).inc()
             if flow.latency_ns > 0:
                 self._child(self.m.http_duration, method, reporter).observe(flow.latency_ns / 1e9)
+            # the proxies emit one record per exchange: a forwarded request shows up only as
+            # its response, so the response also counts the request it answers
+            self._l7_rule(flow, "http")
             return
         self._l7_rule(flow, "http")
         if flow.verdict is FlowVerdict.DROPPED and h.code:
@@ -124,9 +207,9 @@ class FlowMetrics:
         if flow.l7_type == "RESPONSE":
             self._child(self.m.dns_responses, rcode_label(d.rcode), qtypes,
                                         ips_returned_label(len(d.ips))).inc()
-        else:
-            self._child(self.m.dns_queries, "", qtypes, "0").inc()
-            self._l7_rule(flow, "dns")
+        # one record per exchange (see _http): a response also stands for its query
+        self._child(self.m.dns_queries, "", qtypes, "0").inc()
+        self._l7_rule(flow, "dns")
 
     def _l7_rule(self, flow: Flow, proxy_type: str) -> None:
         self._child(self.m.policy_l7, "received", proxy_type).inc()
@@ -134,3 +217,16 @@ class FlowMetrics:
             self._child(self.m.policy_l7, "forwarded", proxy_type).inc()
         elif flow.verdict is FlowVerdict.DROPPED:
             self._child(self.m.policy_l7, "denied", proxy_type).inc()
+
+
+class _PlanBuilder(FlowMetrics):
+    """The general path with recorders for children: no state is shared with the live
+    instance but the children cache, so a flow pushed from another thread is unaffected."""
+
+    def __init__(self, owner: FlowMetrics, plan: _Plan) -> None:
+        self.m = owner.m
+        self._children = owner._children
+        self._plan = plan
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        return _Recorder(super()._child(metric, *labels), self._plan)

@@ -131,12 +131,14 @@ def test_http_v2_shape(reg: CollectorRegistry, m: AgentMetrics) -> None:
              {"method": "GET", "reporter": "server"}) == 2
     assert g("hubble_http_request_duration_seconds_sum",
              {"method": "GET", "reporter": "server"}) == pytest.approx(0.006)
-    # Requests are not counted in http_requests_total (httpV2 counts responses) but in
-    # cilium_policy_l7_total.
+    # The proxies emit one record per exchange: the three responses stand for three
+    # received+forwarded requests; a denied request (no code: not answered yet) is received
+    # and denied, and is not an http_requests_total response.
     req = Flow(time_ns=1, verdict=FlowVerdict.DROPPED, kind=EventKind.L7, l7_type="REQUEST",
                http=HttpInfo(method="POST", url="/"), drop_reason_desc="POLICY_DENIED")
     fm.observe(req)
-    assert g("cilium_policy_l7_total", {"rule": "received", "proxy_type": "http"}) == 1
+    assert g("cilium_policy_l7_total", {"rule": "received", "proxy_type": "http"}) == 4
+    assert g("cilium_policy_l7_total", {"rule": "forwarded", "proxy_type": "http"}) == 3
     assert g("cilium_policy_l7_total", {"rule": "denied", "proxy_type": "http"}) == 1
     assert g("hubble_drop_total", {"reason": "POLICY_DENIED", "protocol": "HTTP"}) == 1
 
@@ -153,9 +155,12 @@ def test_no_path_qname_or_ip_becomes_a_label(reg: CollectorRegistry, m: AgentMet
 
 
 def test_dns(reg: CollectorRegistry, m: AgentMetrics) -> None:
+    """One record per exchange: a refused query is a DROPPED request, an answered one its
+    response; each counts as one query."""
     fm = FlowMetrics(m)
-    q = Flow(time_ns=1, verdict=FlowVerdict.FORWARDED, kind=EventKind.L7, l7_type="REQUEST",
-             dns=DnsInfo(query="api.stripe.com.", qtypes=["A"]))
+    q = Flow(time_ns=1, verdict=FlowVerdict.DROPPED, kind=EventKind.L7, l7_type="REQUEST",
+             dns=DnsInfo(query="evil.example.net.", qtypes=["A"], rcode=5),
+             drop_reason_desc="POLICY_DENIED")
     r = Flow(time_ns=1, verdict=FlowVerdict.FORWARDED, kind=EventKind.L7, l7_type="RESPONSE",
              dns=DnsInfo(query="api.stripe.com.", qtypes=["A"], ips=["1.2.3.4", "5.6.7.8"]))
     nx = Flow(time_ns=1, verdict=FlowVerdict.FORWARDED, kind=EventKind.L7, l7_type="RESPONSE",
@@ -163,14 +168,18 @@ def test_dns(reg: CollectorRegistry, m: AgentMetrics) -> None:
     for f in (q, r, nx):
         fm.observe(f)
     g = reg.get_sample_value
-    assert g("hubble_dns_queries_total", {"rcode": "", "qtypes": "A", "ips_returned": "0"}) == 1
+    assert g("hubble_dns_queries_total", {"rcode": "", "qtypes": "A", "ips_returned": "0"}) == 2
+    assert g("hubble_dns_queries_total", {"rcode": "", "qtypes": "AAAA",
+                                          "ips_returned": "0"}) == 1
     assert g("hubble_dns_responses_total", {"rcode": "No Error", "qtypes": "A",
                                             "ips_returned": "2"}) == 1
     assert g("hubble_dns_responses_total", {"rcode": "Non-Existent Domain", "qtypes": "AAAA",
                                             "ips_returned": "0"}) == 1
-    assert g("cilium_policy_l7_total", {"rule": "forwarded", "proxy_type": "dns"}) == 1
+    assert g("cilium_policy_l7_total", {"rule": "received", "proxy_type": "dns"}) == 3
+    assert g("cilium_policy_l7_total", {"rule": "forwarded", "proxy_type": "dns"}) == 2
+    assert g("cilium_policy_l7_total", {"rule": "denied", "proxy_type": "dns"}) == 1
     assert g("hubble_flows_processed_total", {"type": "L7", "subtype": "DNS",
-                                              "verdict": "FORWARDED"}) == 3
+                                              "verdict": "FORWARDED"}) == 2
 
 
 def test_policy_verdict_not_double_counted_as_drop(reg: CollectorRegistry,
