@@ -35,7 +35,7 @@ from redirect.bpfsys import BpfMap
 from redirect.maps import MAP_NAMES, DatapathMaps
 from redirect.netns import netns as enter_netns
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"  # installed as package data too
 SOURCE_FILES = (
     "include/l7g_codes.h", "include/l7g_maps.h", "include/l7g_datapath.h",
     "from_endpoint.c", "to_endpoint.c", "from_netdev.c",
