@@ -19,9 +19,9 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from agent.endpoints import ClusterEndpoints, load_endpoints
@@ -35,7 +35,7 @@ from observe.ring import FlowRing
 from policy.compile import PolicySnapshot, compile_policies
 from policy.errors import ConfigError, L7gateError, PolicyError
 from policy.load import load_directory
-from policy.types import DropReason, HttpRequestMeta, L4Action, Proto, Verdict
+from policy.types import HttpRequestMeta, L4Action, Proto, Verdict
 
 log = logging.getLogger("l7gate.agent")
 
@@ -72,11 +72,6 @@ class AgentConfig:
     dns_unload_on_shutdown: bool = False
     ring_capacity: int = 8192
     enable_datapath: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class PolicyLoadError(L7gateError):
-    pass
 
 
 def read_cluster_state(cfg: AgentConfig, generation: int) -> tuple[ClusterState, list[str]]:
@@ -138,8 +133,7 @@ class Agent:
             if not os.path.isdir(backup):
                 raise
             log.error("starting with the last good policy kept in %s", backup)
-            st, warnings = read_cluster_state(
-                AgentConfig(**{**self.cfg.__dict__, "policy_dir": backup}), 1)
+            st, warnings = read_cluster_state(dataclasses.replace(self.cfg, policy_dir=backup), 1)
             self.last_reload = {"result": "failure", "errors": str(exc).splitlines()}
         else:
             self._keep_last_good()
@@ -251,7 +245,7 @@ class Agent:
     @staticmethod
     def _ifindex(ifname: str) -> int:
         try:
-            return socket_if_nametoindex(ifname)
+            return socket.if_nametoindex(ifname)
         except OSError as exc:
             raise ConfigError(f"interface {ifname!r} not found in this netns") from exc
 
@@ -333,25 +327,12 @@ class Agent:
                 ev.fqdn_name_id is not None and ev.fqdn_name_id not in self._fqdn_name_ids
                 for ev in events):
             self._fqdn_name_ids = self.datapath.maps.fqdn.names()  # a map dump: only if needed
+        cache = self.fqdn.cache if self.fqdn is not None else None
+        live = cache.lookup_names if cache is not None else _no_names
+        expired = cache.expired_names if cache is not None else None
         for ev in events:
-            flow = flow_from_event(ev, st, self._rule_names, self._fqdn_names,
-                                   self._fqdn_name_ids)
-            self._explain_expired(ev, flow)
-            self.publish(flow)
-
-    def _explain_expired(self, ev: Any, flow: Flow) -> None:
-        """A default-deny drop towards an IP a toFQDNs name used to allow says so."""
-        if (self.fqdn is None or flow.drop_reason_desc != "POLICY_DENIED"
-                or not ev.endpoint_id or flow.traffic_direction != "EGRESS"):
-            return
-        cache = self.fqdn.cache
-        if cache.lookup_names(ev.endpoint_id, flow.dst_ip):
-            return
-        expired = cache.expired_names(ev.endpoint_id, flow.dst_ip)
-        if expired:
-            flow.drop_reason_desc = DropReason.FQDN_EXPIRED.name
-            flow.destination_names = expired
-            flow.summary = f"{flow.summary} (FQDN {', '.join(expired)} expired)"
+            self.publish(flow_from_event(ev, st, self._rule_names, live, self._fqdn_name_ids,
+                                         expired))
 
     def emit_l7(self, flow: Flow) -> None:
         self.publish(enrich_l7(flow, self.current(), self._fqdn_names))
@@ -520,10 +501,5 @@ class Agent:
             self.datapath.close()
 
 
-def socket_if_nametoindex(name: str) -> int:
-    import socket
-    return socket.if_nametoindex(name)
-
-
-def ensure_parent(path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+def _no_names(_endpoint_id: int, _ip: str) -> list[str]:
+    return []

@@ -66,6 +66,11 @@ class ClusterState:
     # --- what the datapath needs --------------------------------------------------------------
 
     def policy_entries(self) -> dict[int, list[DatapathEntry]]:
+        """Policy-map entries per local endpoint (computed once per state: the expansion over
+        every identity is the costly part of a reload)."""
+        found = self.memo.get("policy_entries")
+        if isinstance(found, dict):
+            return found
         out: dict[int, list[DatapathEntry]] = {}
         for pod in self.local:
             ep = pod.endpoint
@@ -73,6 +78,7 @@ class ClusterState:
                 *self.snapshot.datapath_entries(ep, Direction.INGRESS, self.identities),
                 *self.snapshot.datapath_entries(ep, Direction.EGRESS, self.identities),
             ]
+        self.memo["policy_entries"] = out
         return out
 
     def enforcement(self) -> dict[int, tuple[bool, bool]]:
