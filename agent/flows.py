@@ -76,8 +76,15 @@ def _pod_labels(ep: Endpoint) -> list[str]:
 
 def flow_from_event(ev: DatapathEvent, st: ClusterState, rule_names: dict[int, str],
                     fqdn_names: Callable[[int, str], list[str]],
-                    fqdn_name_of_id: dict[int, str]) -> Flow:
-    """One ring-buffer record as a Hubble-shaped Flow."""
+                    fqdn_name_of_id: dict[int, str],
+                    expired_names: Callable[[int, str], list[str]] | None = None) -> Flow:
+    """One ring-buffer record as a Hubble-shaped Flow.
+
+    `fqdn_names(endpoint, ip)`: names the IP is currently allowed for; `expired_names`: names
+    that used to allow it. A default-deny egress drop towards an IP whose names have all
+    expired (the agent's GC removed the map entry, so BPF can only say POLICY_DENIED) is
+    reported as FQDN_EXPIRED with those names.
+    """
     src, dst = str(ev.src), str(ev.dst)
     flow = Flow(
         time_ns=boottime_to_wall_ns(ev.time_ns),
@@ -98,6 +105,11 @@ def flow_from_event(ev: DatapathEvent, st: ClusterState, rule_names: dict[int, s
         names = [fqdn_name_of_id[ev.fqdn_name_id]]
     elif ev.endpoint_id:
         names = fqdn_names(ev.endpoint_id, dst)
+        if (not names and expired_names is not None and ev.reason is DropReason.POLICY_DENIED
+                and ev.direction.name == "EGRESS"):
+            names = expired_names(ev.endpoint_id, dst)
+            if names:
+                flow.drop_reason_desc = DropReason.FQDN_EXPIRED.name
     flow.destination_names = names
     rule = rule_names.get(ev.rule_index) if ev.rule_index is not None else None
     if rule:
@@ -117,9 +129,12 @@ def _verdict(ev: DatapathEvent) -> FlowVerdict:
 
 
 def _summary(flow: Flow) -> str:
+    text = flow.protocol
     if flow.protocol == "TCP" and flow.tcp_flags:
-        return "TCP Flags: " + ", ".join(flow.tcp_flags)
-    return flow.protocol
+        text = "TCP Flags: " + ", ".join(flow.tcp_flags)
+    if flow.drop_reason_desc == DropReason.FQDN_EXPIRED.name and flow.destination_names:
+        text += f" (FQDN {', '.join(flow.destination_names)} expired)"
+    return text
 
 
 def enrich_l7(flow: Flow, st: ClusterState, fqdn_names: Callable[[int, str], list[str]]) -> Flow:

@@ -14,37 +14,9 @@ from agent.state import NO_REDIRECT_RULE
 from policy.errors import ConfigError, PolicyError
 from policy.types import Direction, DropReason, HttpRequestMeta, L4Action, Proto
 from redirect.events import DatapathEvent, Hook
+from tests.unit.agent.conftest import ENDPOINTS  # noqa: F401  (kept importable)
 
-ROOT = Path(__file__).resolve().parents[3]
 A = ipaddress.IPv4Address
-
-ENDPOINTS = """\
-nodes:
-  - {name: node1, ip: 192.0.2.11, pod_cidr: 10.244.1.0/24, uplink: eth0}
-  - {name: node2, ip: 192.0.2.12, pod_cidr: 10.244.2.0/24, uplink: eth0}
-pods:
-  - {namespace: default, name: frontend, labels: {role: frontend}, ip: 10.244.1.10, node: node1,
-     interface: lxc1}
-  - {namespace: default, name: other, labels: {app: other}, ip: 10.244.1.11, node: node1,
-     interface: lxc2}
-  - {namespace: kube-system, name: kube-dns, labels: {k8s-app: kube-dns}, ip: 10.244.1.53,
-     node: node1, interface: lxc3}
-  - {namespace: default, name: my-api, labels: {app: my-api}, ip: 10.244.2.10, node: node2,
-     interface: lxc4}
-"""
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> AgentConfig:
-    ep = tmp_path / "endpoints.yaml"
-    ep.write_text(ENDPOINTS)
-    pol = tmp_path / "policies"
-    pol.mkdir()
-    for f in ("my-api-l7.yaml", "frontend-egress.yaml"):
-        (pol / f).write_text((ROOT / "examples" / f).read_text())
-    return AgentConfig(node_name="node2", endpoints=str(ep), policy_dir=str(pol),
-                       state_dir=str(tmp_path / "state"), enable_datapath=False)
-
 
 @pytest.mark.parametrize(("body", "needle"), [
     ("nodes: [{name: n1, ip: 1.2.3}]", ":1: nodes[0].ip: invalid IPv4 address"),
@@ -170,3 +142,23 @@ def test_small_helpers() -> None:
     assert policy_of_rule("ccnp-name:egress[1]") == "ccnp-name"
     assert policy_of_rule("allow-localhost") == ""
     assert tcp_flag_names(0x12) == ["SYN", "ACK"]
+
+
+def test_drop_towards_an_ip_whose_name_expired_says_so(cfg: AgentConfig) -> None:
+    cfg.node_name = "node1"
+    st, _ = read_cluster_state(cfg, 1)
+    frontend = next(p.endpoint for p in st.local if p.endpoint.name == "frontend")
+    ev = DatapathEvent(time_ns=0, is_drop=True, reason=DropReason.POLICY_DENIED, verdict=None,
+                       hook=Hook.FROM_ENDPOINT, direction=Direction.EGRESS, ifindex=5,
+                       endpoint_id=frontend.endpoint_id, src=frontend.ip,
+                       dst=A("203.0.113.10"), sport=40000, dport=443, proto=int(Proto.TCP),
+                       tcp_flags=0x02, src_identity=0, dst_identity=2, rule_index=None,
+                       fqdn_name_id=None, mark=0)
+    flow = flow_from_event(ev, st, {}, lambda _e, _i: [], {},
+                           lambda _e, _i: ["api.stripe.com."])
+    assert flow.drop_reason_desc == "FQDN_EXPIRED"
+    assert flow.destination_names == ["api.stripe.com."]
+    assert "api.stripe.com. expired" in flow.summary
+    # still allowed by a live name, or never learned: a plain POLICY_DENIED
+    plain = flow_from_event(ev, st, {}, lambda _e, _i: [], {}, lambda _e, _i: [])
+    assert plain.drop_reason_desc == "POLICY_DENIED" and plain.destination_names == []

@@ -3,23 +3,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from agent.daemon import AgentConfig, read_cluster_state
 from agent.flows import enrich_l7
 from observe.flow import DnsInfo, EventKind, Flow, FlowVerdict, HttpInfo
-
-ROOT = Path(__file__).resolve().parents[3]
-ENDPOINTS = """\
-nodes:
-  - {name: node1, ip: 192.0.2.11, pod_cidr: 10.244.1.0/24, uplink: eth0}
-  - {name: node2, ip: 192.0.2.12, pod_cidr: 10.244.2.0/24, uplink: eth0}
-pods:
-  - {namespace: default, name: frontend, labels: {role: frontend}, ip: 10.244.1.10, node: node1,
-     interface: lxc1}
-  - {namespace: default, name: my-api, labels: {app: my-api}, ip: 10.244.2.10, node: node2,
-     interface: lxc4}
-"""
 
 
 def _flow(src: str, dst: str, dns: bool = False) -> Flow:
@@ -29,13 +15,8 @@ def _flow(src: str, dst: str, dns: bool = False) -> Flow:
                 dns=DnsInfo(query="a.example.") if dns else None)
 
 
-def test_repeated_flows_are_enriched_like_the_first(tmp_path: Path) -> None:
-    (tmp_path / "ep.yaml").write_text(ENDPOINTS)
-    pol = tmp_path / "pol"
-    pol.mkdir()
-    (pol / "p.yaml").write_text((ROOT / "examples" / "my-api-l7.yaml").read_text())
-    cfg = AgentConfig(node_name="node1", endpoints=str(tmp_path / "ep.yaml"),
-                      policy_dir=str(pol), state_dir=str(tmp_path / "s"), enable_datapath=False)
+def test_repeated_flows_are_enriched_like_the_first(cfg: AgentConfig) -> None:
+    cfg.node_name = "node1"
     st, _ = read_cluster_state(cfg, 1)
     answers = iter([["one.example"], ["two.example"]])
     asked: list[tuple[int, str]] = []
