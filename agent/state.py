@@ -50,6 +50,11 @@ class ClusterState:
     _by_str: dict[str, Endpoint | None] = field(default_factory=dict, repr=False,
                                                 compare=False)
     memo: dict[object, object] = field(default_factory=dict, repr=False, compare=False)
+    # DNS verdicts by (pod, server, port, protocol, name as asked): pods ask the same few
+    # names over and over, and a decision (plan lookup, name normalization and validation,
+    # pattern match) costs more than the rest of the proxy's policy stage.
+    _dns_verdicts: dict[tuple[str, str, int, Proto, str], Verdict] = field(
+        default_factory=dict, repr=False, compare=False)
 
     # --- construction ---------------------------------------------------------------------
 
@@ -181,11 +186,20 @@ class ClusterState:
     def decide_dns(self, src_ip: ipaddress.IPv4Address | str,
                    server_ip: ipaddress.IPv4Address | str, dport: int, qname: str,
                    proto: Proto = Proto.UDP) -> Verdict:
-        src_ep = self.local_endpoint_str(str(src_ip))
+        key = (str(src_ip), str(server_ip), dport, proto, qname)
+        verdict = self._dns_verdicts.get(key)
+        if verdict is not None:
+            return verdict
+        src_ep = self.local_endpoint_str(key[0])
         if src_ep is None:
-            return Verdict(Decision.DENIED, NO_REDIRECT_RULE, DropReason.POLICY_DENIED)
-        return decide_dns(self.snapshot, src_ep, self.peer_str(str(server_ip)), dport, qname,
-                          proto)
+            verdict = Verdict(Decision.DENIED, NO_REDIRECT_RULE, DropReason.POLICY_DENIED)
+        else:
+            verdict = decide_dns(self.snapshot, src_ep, self.peer_str(key[1]), dport, qname,
+                                 proto)
+        if len(self._dns_verdicts) >= PLAN_CACHE_MAX:
+            self._dns_verdicts.clear()
+        self._dns_verdicts[key] = verdict
+        return verdict
 
     def peer_str(self, ip: str) -> Peer:
         """`peer` (without DNS names) for a string address, memoized."""

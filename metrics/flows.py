@@ -17,9 +17,9 @@ The proxies emit ONE record per exchange: a denied request as a DROPPED request 
 forwarded one only as its response flow, so a response also counts the request it answers.
 `lost(source, n)` counts lost events in `hubble_lost_events_total` (and the ring's own
 `l7gate_flow_ring_lost_total` when the source is the ring).
-HTTP flows (one per request) take a fast path: the children a flow bumps are computed once
-per distinct label-relevant key by running the general path with recorders, then replayed
-(test_flow_metric_plans.py pins that both paths count the same).
+HTTP and DNS flows (one per request / query) take a fast path: the children a flow bumps are
+computed once per distinct label-relevant key by running the general path with recorders,
+then replayed (test_flow_metric_plans.py pins that both paths count the same).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from metrics.registry import (
+    DNS_IPS_CAP,
     LOST_SOURCES,
     AgentMetrics,
     drop_protocol_label,
@@ -71,13 +72,14 @@ def _drop_protocol(flow: Flow) -> str:
     return drop_protocol_label(flow.protocol)
 
 
-# HTTP flows are one per request: what they bump depends only on the fields in `_http_key`,
-# so the list of children is computed once per distinct key (method, status, direction, ...).
+# L7 flows are one per request/query: what they bump depends only on the fields in
+# `_http_key` / `_dns_key`, so the list of children is computed once per distinct key
+# (method, status, direction, ... / qtypes, rcode, answer count, ...).
 # Methods and status codes are bounded by the label helpers (unknown ones fold into "other"),
 # but the raw values in the key are not, so the plan cache is bounded; past it, the slow path.
-HTTP_PLAN_MAX = 4096
+PLAN_MAX = 4096
 
-_HttpPlan = tuple[tuple[Callable[[], None], ...], Callable[[float], None] | None]
+_FlowPlan = tuple[tuple[Callable[[], None], ...], Callable[[float], None] | None]
 
 
 def _http_key(flow: Flow) -> tuple[object, ...]:
@@ -85,6 +87,13 @@ def _http_key(flow: Flow) -> tuple[object, ...]:
     assert h is not None
     return (flow.kind, flow.verdict, flow.l7_type, flow.traffic_direction,
             flow.drop_reason_desc, h.method, h.protocol, h.code, flow.latency_ns > 0)
+
+
+def _dns_key(flow: Flow) -> tuple[object, ...]:
+    d = flow.dns
+    assert d is not None
+    return (flow.kind, flow.verdict, flow.l7_type, flow.traffic_direction,
+            flow.drop_reason_desc, tuple(d.qtypes), d.rcode, min(len(d.ips), DNS_IPS_CAP + 1))
 
 
 class _Recorder:
@@ -118,7 +127,7 @@ class FlowMetrics:
         # labels() takes a lock and validates on every call; label sets are closed, so the
         # children are looked up once and kept (a flow costs a few dict hits, not locks)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._http_plans: dict[tuple[object, ...], _HttpPlan] = {}
+        self._plans: dict[tuple[object, ...], _FlowPlan] = {}
         self._lost_plans: dict[str, tuple[Any, Any]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -131,25 +140,28 @@ class FlowMetrics:
     def observe(self, flow: Flow) -> None:
         if flow.http is not None and flow.dns is None:
             key = _http_key(flow)
-            plan = self._http_plans.get(key)
-            if plan is None:
-                plan = self._plan_http(flow, key)
-            incs, observe = plan
-            for inc in incs:
-                inc()
-            if observe is not None:
-                observe(flow.latency_ns / 1e9)
+        elif flow.dns is not None and flow.http is None:
+            key = _dns_key(flow)
+        else:
+            self._observe(flow)
             return
-        self._observe(flow)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._build_plan(flow, key)
+        incs, observe = plan
+        for inc in incs:
+            inc()
+        if observe is not None:
+            observe(flow.latency_ns / 1e9)
 
-    def _plan_http(self, flow: Flow, key: tuple[object, ...]) -> _HttpPlan:
+    def _build_plan(self, flow: Flow, key: tuple[object, ...]) -> _FlowPlan:
         """Run the general path once with recorders instead of children (so the two paths
         cannot disagree), and keep what it bumped."""
         rec = _Plan()
         _PlanBuilder(self, rec)._observe(flow)
         plan = (tuple(rec.incs), rec.observe)
-        if len(self._http_plans) < HTTP_PLAN_MAX:
-            self._http_plans[key] = plan
+        if len(self._plans) < PLAN_MAX:
+            self._plans[key] = plan
         return plan
 
     def _observe(self, flow: Flow) -> None:

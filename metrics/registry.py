@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from metrics.fast import FastCounter, FastHistogram
 from policy.types import DropReason
 
 # --- closed label sets ---------------------------------------------------------------------
@@ -105,16 +106,16 @@ def drop_protocol_label(protocol: str) -> str:
 @dataclass(frozen=True)
 class AgentMetrics:
     # Hubble-compatible
-    flows_processed: Counter  # hubble_flows_processed_total{type,subtype,verdict}
-    drops: Counter  # hubble_drop_total{reason,protocol}
-    http_requests: Counter  # hubble_http_requests_total{method,protocol,status,reporter}
-    http_duration: Histogram  # hubble_http_request_duration_seconds{method,reporter}
-    dns_queries: Counter  # hubble_dns_queries_total{rcode,qtypes,ips_returned}
-    dns_responses: Counter  # hubble_dns_responses_total{rcode,qtypes,ips_returned}
-    lost_events: Counter  # hubble_lost_events_total{source}
+    flows_processed: FastCounter  # hubble_flows_processed_total{type,subtype,verdict}
+    drops: FastCounter  # hubble_drop_total{reason,protocol}
+    http_requests: FastCounter  # hubble_http_requests_total{method,protocol,status,reporter}
+    http_duration: FastHistogram  # hubble_http_request_duration_seconds{method,reporter}
+    dns_queries: FastCounter  # hubble_dns_queries_total{rcode,qtypes,ips_returned}
+    dns_responses: FastCounter  # hubble_dns_responses_total{rcode,qtypes,ips_returned}
+    lost_events: FastCounter  # hubble_lost_events_total{source}
     # Cilium-like
-    policy_l7: Counter  # cilium_policy_l7_total{rule,proxy_type}
-    upstream_reply: Histogram  # cilium_proxy_upstream_reply_seconds{error,protocol_l7,scope}
+    policy_l7: FastCounter  # cilium_policy_l7_total{rule,proxy_type}
+    upstream_reply: FastHistogram  # cilium_proxy_upstream_reply_seconds{error,protocol_l7,scope}
     # l7gate
     policy_reloads: Counter  # l7gate_policy_reloads_total{result}
     policy_reload_failures: Counter  # l7gate_policy_reload_failures_total
@@ -124,7 +125,7 @@ class AgentMetrics:
     fqdn_ips_expired: Counter  # l7gate_fqdn_ips_expired_total
     proxy_connections: Gauge  # l7gate_proxy_connections{protocol}
     bpf_map_pressure: Gauge  # l7gate_bpf_map_pressure{map_name} (0..1)
-    flow_ring_lost: Counter  # l7gate_flow_ring_lost_total
+    flow_ring_lost: FastCounter  # l7gate_flow_ring_lost_total
     flow_export_lost: Counter  # l7gate_flow_export_lost_total
 
 
@@ -133,24 +134,24 @@ def build_metrics(registry: CollectorRegistry,
     """Declare every metric on `registry`; `bpf_map_names` pre-creates the pressure series."""
     r = registry
     m = AgentMetrics(
-        flows_processed=Counter("hubble_flows_processed_total", "Flows processed",
+        flows_processed=FastCounter("hubble_flows_processed_total", "Flows processed",
                                 ["type", "subtype", "verdict"], registry=r),
-        drops=Counter("hubble_drop_total", "Number of drops", ["reason", "protocol"],
+        drops=FastCounter("hubble_drop_total", "Number of drops", ["reason", "protocol"],
                       registry=r),
-        http_requests=Counter("hubble_http_requests_total", "Count of HTTP requests",
+        http_requests=FastCounter("hubble_http_requests_total", "Count of HTTP requests",
                               ["method", "protocol", "status", "reporter"], registry=r),
-        http_duration=Histogram("hubble_http_request_duration_seconds",
+        http_duration=FastHistogram("hubble_http_request_duration_seconds",
                                 "Quantiles of HTTP request duration in seconds",
                                 ["method", "reporter"], registry=r),
-        dns_queries=Counter("hubble_dns_queries_total", "Number of DNS queries observed",
+        dns_queries=FastCounter("hubble_dns_queries_total", "Number of DNS queries observed",
                             ["rcode", "qtypes", "ips_returned"], registry=r),
-        dns_responses=Counter("hubble_dns_responses_total", "Number of DNS responses observed",
+        dns_responses=FastCounter("hubble_dns_responses_total", "Number of DNS responses observed",
                               ["rcode", "qtypes", "ips_returned"], registry=r),
-        lost_events=Counter("hubble_lost_events_total", "Number of lost events", ["source"],
+        lost_events=FastCounter("hubble_lost_events_total", "Number of lost events", ["source"],
                             registry=r),
-        policy_l7=Counter("cilium_policy_l7_total", "Number of total proxy requests handled",
+        policy_l7=FastCounter("cilium_policy_l7_total", "Number of total proxy requests handled",
                           ["rule", "proxy_type"], registry=r),
-        upstream_reply=Histogram("cilium_proxy_upstream_reply_seconds",
+        upstream_reply=FastHistogram("cilium_proxy_upstream_reply_seconds",
                                  "Seconds waited to get a reply from an upstream server",
                                  ["error", "protocol_l7", "scope"], registry=r),
         policy_reloads=Counter("l7gate_policy_reloads_total", "Policy reloads by result",
@@ -170,7 +171,7 @@ def build_metrics(registry: CollectorRegistry,
                                 ["protocol"], registry=r),
         bpf_map_pressure=Gauge("l7gate_bpf_map_pressure", "BPF map fill ratio (0..1)",
                                ["map_name"], registry=r),
-        flow_ring_lost=Counter("l7gate_flow_ring_lost_total",
+        flow_ring_lost=FastCounter("l7gate_flow_ring_lost_total",
                                "Flows evicted from or lost before the flow ring", registry=r),
         flow_export_lost=Counter("l7gate_flow_export_lost_total",
                                  "Flows the JSON exporter could not write", registry=r),

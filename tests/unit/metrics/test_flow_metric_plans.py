@@ -1,4 +1,4 @@
-"""FlowMetrics' per-key plans for HTTP flows bump exactly what the general path bumps.
+"""FlowMetrics' per-key plans for HTTP and DNS flows bump exactly what the general path bumps.
 
 The fast path (a cached list of children per method/status/direction/...) is computed by
 running the general path once with recorders, so the two must agree for every flow shape:
@@ -55,6 +55,36 @@ def test_http_plans_match_the_general_path() -> None:
     assert a == b
     assert a[("hubble_http_requests_total", (("method", "GET"), ("protocol", "HTTP/1.1"),
                                              ("reporter", "client"), ("status", "200")))] > 0
+
+
+def _dns_flows() -> list[Flow]:
+    flows = []
+    shapes = itertools.product(
+        (FlowVerdict.FORWARDED, FlowVerdict.DROPPED, FlowVerdict.ERROR),
+        ("REQUEST", "RESPONSE"), (["A"], ["AAAA"], ["TXT", "A"], []), (0, 3, 5),
+        (0, 1, 10, 11), ("", "POLICY_DENIED", "INVALID_PACKET_DROPPED"))
+    for verdict, l7_type, qtypes, rcode, n_ips, reason in shapes:
+        flows.append(Flow(
+            time_ns=1, verdict=verdict, kind=EventKind.L7, l7_type=l7_type,
+            traffic_direction="EGRESS", latency_ns=90_000, drop_reason_desc=reason,
+            dns=DnsInfo(query="a.example.", qtypes=list(qtypes), rcode=rcode,
+                        ips=[f"192.0.2.{i}" for i in range(n_ips)])))
+    return flows
+
+
+def test_dns_plans_match_the_general_path() -> None:
+    fast_reg, slow_reg = CollectorRegistry(), CollectorRegistry()
+    fast, slow = FlowMetrics(build_metrics(fast_reg)), FlowMetrics(build_metrics(slow_reg))
+    flows = _dns_flows()
+    for _ in range(2):  # first round builds the plans, second uses them
+        for f in flows:
+            fast.observe(f)
+            slow._observe(f)
+    a, b = _samples(fast_reg), _samples(slow_reg)
+    assert a == b
+    assert a[("hubble_dns_responses_total", (("ips_returned", "10+"), ("qtypes", "A"),
+                                             ("rcode", "No Error")))] > 0
+    assert a[("hubble_drop_total", (("protocol", "DNS"), ("reason", "POLICY_DENIED")))] > 0
 
 
 def test_non_http_flows_and_losses_still_counted() -> None:
