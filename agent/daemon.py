@@ -22,12 +22,12 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from agent.endpoints import ClusterEndpoints, load_endpoints
 from agent.flows import enrich_l7, flow_from_event
 from agent.fqdnowner import FqdnOwner
-from agent.state import ClusterState
+from agent.state import PLAN_CACHE_MAX, ClusterState
 from observe.api import ApiServer
 from observe.export import FlowExporter
 from observe.flow import Flow
@@ -36,6 +36,7 @@ from policy.compile import PolicySnapshot, compile_policies
 from policy.errors import ConfigError, L7gateError, PolicyError
 from policy.load import load_directory
 from policy.types import HttpRequestMeta, L4Action, Proto, Verdict
+from redirect.marks import proxy_upstream_mark
 
 log = logging.getLogger("l7gate.agent")
 
@@ -361,8 +362,16 @@ class Agent:
             self.fqdn.learn(conn.src_ip, qname, ips_ttls)
 
     def upstream_mark(self, conn: Any) -> int:
-        from redirect.marks import proxy_upstream_mark
-        return int(proxy_upstream_mark(self.current().peer_str(conn.src_ip).identity.id))
+        """The SO_MARK of the proxy's upstream socket: the source's identity (memoized per
+        state and source address; asked once per DNS query)."""
+        st = self.current()
+        key = ("upstream_mark", conn.src_ip)
+        mark = st.memo.get(key)
+        if mark is None:
+            mark = int(proxy_upstream_mark(st.peer_str(conn.src_ip).identity.id))
+            if len(st.memo) < PLAN_CACHE_MAX:
+                st.memo[key] = mark
+        return cast(int, mark)
 
     # --- status -------------------------------------------------------------------------------
 
