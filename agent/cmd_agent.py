@@ -109,12 +109,13 @@ def run_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    from agent import gctune
     from agent.daemon import Agent
     try:
         cfg = _config(args)
         agent = Agent(cfg)
         agent.prepare()
-        _tune_gc()
+        gctune.start_up()
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(agent.run())
     except (PolicyError, ConfigError) as exc:
@@ -123,21 +124,6 @@ def run_agent(args: argparse.Namespace) -> int:
     except L7gateError as exc:
         print(f"l7gate agent: {exc}", file=sys.stderr)
         return 1
-
-
-# The flow ring keeps thousands of small acyclic objects alive; with CPython's default
-# thresholds every few seconds a full collection walks all of them (~20 ms, measured with
-# gc.callbacks under dnsperf), which is the proxies' p99. Start-up objects are frozen out of
-# the collector's view and young collections run less often; refcounting still frees the
-# flows, the cycle collector still runs.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def _tune_gc() -> None:
-    import gc
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _loop_factory() -> Any:

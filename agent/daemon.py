@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+from agent import gctune
 from agent.endpoints import ClusterEndpoints, load_endpoints
 from agent.flows import enrich_l7, flow_from_event
 from agent.fqdnowner import FqdnOwner
@@ -458,9 +459,11 @@ class Agent:
 
     async def _housekeeping(self) -> None:
         rounds = 0
+        gc_policy = gctune.GcPolicy(time.monotonic())
         while True:
             await asyncio.sleep(FQDN_GC_INTERVAL_S)
             rounds += 1
+            gc_policy.tick(time.monotonic())  # FQDN_GC_INTERVAL_S == gctune.FREEZE_INTERVAL_S
             try:
                 if self.fqdn is not None:
                     self.fqdn.gc()
