@@ -13,6 +13,7 @@ Regexes are RE2 (linear time) and matched against the whole name.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ import re2
 
 MAX_NAME_CHARS = 255  # RFC 1035 §2.3.4 (wire length); Cilium caps patterns at 255 too
 MAX_LABEL_CHARS = 63  # RFC 1035 §2.3.4
+# Names checked are remembered (pods ask the same names over and over; the check costs
+# ~1.5 µs and runs for every query and again for every answer that teaches IPs).
+VALID_NAME_CACHE = 65536
 _PATTERN_CHARS = re.compile(r"[-a-zA-Z0-9_.*]+")  # fixed, trusted regex: stdlib is fine here
 _NAME_CHARS = re.compile(r"[-a-z0-9_]+(\.[-a-z0-9_]+)*\.|\.")
 _LABEL_RE = "[-a-zA-Z0-9_]"
@@ -45,6 +49,7 @@ def normalize_name(name: str) -> str:
     return name if name.endswith(".") else name + "."
 
 
+@functools.lru_cache(maxsize=VALID_NAME_CACHE)
 def is_valid_name(name: str) -> bool:
     """True for a normalized name made of DNS characters with sane lengths."""
     if len(name) > MAX_NAME_CHARS or not _NAME_CHARS.fullmatch(name):
