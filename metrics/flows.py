@@ -75,6 +75,8 @@ def _drop_protocol(flow: Flow) -> str:
 # L7 flows are one per request/query: what they bump depends only on the fields in
 # `_http_key` / `_dns_key`, so the list of children is computed once per distinct key
 # (method, status, direction, ... / qtypes, rcode, answer count, ...).
+# Enum members enter the keys by id(): they are singletons that live as long as the process,
+# and Enum.__hash__ is a Python-level call (two per flow otherwise).
 # Methods and status codes are bounded by the label helpers (unknown ones fold into "other"),
 # but the raw values in the key are not, so the plan cache is bounded; past it, the slow path.
 PLAN_MAX = 4096
@@ -85,14 +87,14 @@ _FlowPlan = tuple[tuple[Callable[[], None], ...], Callable[[float], None] | None
 def _http_key(flow: Flow) -> tuple[object, ...]:
     h = flow.http
     assert h is not None
-    return (flow.kind, flow.verdict, flow.l7_type, flow.traffic_direction,
+    return (id(flow.kind), id(flow.verdict), flow.l7_type, flow.traffic_direction,
             flow.drop_reason_desc, h.method, h.protocol, h.code, flow.latency_ns > 0)
 
 
 def _dns_key(flow: Flow) -> tuple[object, ...]:
     d = flow.dns
     assert d is not None
-    return (flow.kind, flow.verdict, flow.l7_type, flow.traffic_direction,
+    return (id(flow.kind), id(flow.verdict), flow.l7_type, flow.traffic_direction,
             flow.drop_reason_desc, tuple(d.qtypes), d.rcode, min(len(d.ips), DNS_IPS_CAP + 1))
 
 

@@ -152,7 +152,9 @@ class FlowRing:
         # One push per request on the proxy's hot path: the preference test is inlined and
         # the subscriber list is an immutable tuple replaced on (un)subscribe, so nothing is
         # copied per push; the lock stays (the BPF reader may push from its own thread).
-        preferred = (flow.verdict is FlowVerdict.DROPPED or flow.kind in _PREFERRED_KINDS)
+        kind = flow.kind  # identity tests: Enum.__hash__ (a set lookup) is a Python call
+        preferred = (flow.verdict is FlowVerdict.DROPPED or kind is EventKind.L7
+                     or kind is EventKind.DROP or kind is EventKind.POLICY_VERDICT)
         with self._lock:
             self._seq = seq = self._seq + 1
             evicted = len(self._preferred) + len(self._traces) >= self.capacity

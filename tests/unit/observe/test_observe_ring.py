@@ -202,3 +202,15 @@ def test_on_lost_feeds_metrics() -> None:
     assert g("hubble_lost_events_total", {"source": "hubble_ring_buffer"}) == 3
     assert g("hubble_lost_events_total", {"source": "perf_event_ring_buffer"}) == 3
     assert g("l7gate_flow_ring_lost_total") == 3 == ring.stats().lost_total - 3
+
+
+def test_push_classifies_every_kind_and_verdict_like_is_preferred() -> None:
+    """push() inlines the preference test (identity checks): it must agree with
+    is_preferred for every kind x verdict."""
+    flows = [Flow(time_ns=1, verdict=v, kind=k) for k in EventKind for v in FlowVerdict]
+    ring = FlowRing(capacity=len(flows))
+    for f in flows:
+        ring.push(f)
+    st = ring.stats()
+    assert st.preferred == sum(map(is_preferred, flows)) > 0
+    assert st.traces == len(flows) - st.preferred > 0
