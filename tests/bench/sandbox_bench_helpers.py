@@ -4,6 +4,9 @@ and parse what they print; CPU accounting; table printing; JSON output.
 Contract:
     wrk(sb, pod, url, conns, seconds, cpu_pids) -> WrkRun     (wrk -t1 --latency inside `pod`)
     dnsperf(sb, pod, server, datafile, seconds, qps=None, cpu_pids) -> DnsRun  (dnsperf -v)
+    dnsperf_sliced(sb, pod, server, datafile, label, outstanding=, qps=, cpu_pids) -> DnsRun
+        fixed rate as hoststall.SLICES short runs under the host-stall probe; raw and
+        clean-slice (no host stall) p50/p99
     iperf3(sb, client, server_pod, seconds) -> IperfRun
     cpu_user_sys(pid) -> (user_s, sys_s)     of a live process (all threads), /proc/PID/stat
     cpu_cell(cpu, name) -> "total (user+sys)" µs per item, for tables
@@ -25,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hoststall import SLICE_S, SLICES, HostProbe, Stall, timed_slices
 
 from agent.sandbox.api import Sandbox
 
@@ -59,6 +64,16 @@ class DnsRun:
     completed: int
     lost: int
     cpu_us_per_q: dict[str, float] = field(default_factory=dict)
+    # Sliced fixed-rate runs only (dnsperf_sliced): the same figures over the slices no host
+    # stall touched, how many those were, and the stalls the probe saw.
+    p50_clean_ms: float | None = None
+    p99_clean_ms: float | None = None
+    clean_slices: int = 0
+    slices: int = 0
+    stalls: list[Stall] = field(default_factory=list)
+    slice_p99_ms: list[float] = field(default_factory=list)  # per slice, in run order
+    slice_clean: list[bool] = field(default_factory=list)  # ... and whether no stall touched it
+    cpu_wait_pct: float | None = None  # in-guest CPU contention over the slices (hoststall)
 
 
 @dataclass
@@ -153,24 +168,58 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(p * len(sorted_values)))]
 
 
-def dnsperf(sb: Sandbox, pod: str, server: str, datafile: Path, seconds: int, label: str,
-            *, outstanding: int, qps: int | None = None,
-            cpu_pids: dict[str, int] | None = None) -> DnsRun:
-    pids = cpu_pids or {}
+def _dnsperf_once(sb: Sandbox, pod: str, server: str, datafile: Path, seconds: float,
+                  outstanding: int, qps: int | None) -> tuple[float, int, int, list[float]]:
+    """One `dnsperf -v` run inside `pod`: (queries/s, completed, lost, sorted latencies ms)."""
     argv = ["dnsperf", "-s", server, "-d", str(datafile), "-l", str(seconds), "-c", "1",
             "-q", str(outstanding), "-t", str(DNSPERF_TIMEOUT_S), "-v"]
     if qps is not None:
         argv += ["-Q", str(qps)]
-    before = _cpu_all(pids)
     res = sb.exec(pod, argv, timeout=seconds + TOOL_SLACK_S)
-    after = _cpu_all(pids)
     if res.returncode != 0:
         raise RuntimeError(f"dnsperf failed ({res.returncode}): {res.stderr[-2000:]}")
-    qps_val, completed, lost, lat = parse_dnsperf(res.stdout)
+    return parse_dnsperf(res.stdout)
+
+
+def dnsperf(sb: Sandbox, pod: str, server: str, datafile: Path, seconds: int, label: str,
+            *, outstanding: int, qps: int | None = None,
+            cpu_pids: dict[str, int] | None = None) -> DnsRun:
+    pids = cpu_pids or {}
+    before = _cpu_all(pids)
+    qps_val, completed, lost, lat = _dnsperf_once(sb, pod, server, datafile, seconds,
+                                                  outstanding, qps)
+    after = _cpu_all(pids)
     cpu = _per_item_us(before, after, completed)
     load = f"{qps}/s fixed" if qps is not None else f"max, {outstanding} outstanding"
     return DnsRun(label, load, qps_val, percentile(lat, 0.50), percentile(lat, 0.99),
                   completed, lost, cpu)
+
+
+def dnsperf_sliced(sb: Sandbox, pod: str, server: str, datafile: Path, label: str,
+                   *, outstanding: int, qps: int,
+                   cpu_pids: dict[str, int] | None = None) -> DnsRun:
+    """`qps` as hoststall.SLICES dnsperf runs of hoststall.SLICE_S s under the host-stall probe
+    (in the root namespace: host stalls hit the whole VM). p50/p99 over all slices (raw) and
+    over the clean slices; q/s is the mean of the slices'; CPU µs/query over all slices."""
+    pids = cpu_pids or {}
+    with HostProbe() as probe:
+        before = _cpu_all(pids)
+        spans = timed_slices(SLICES, lambda: _dnsperf_once(sb, pod, server, datafile, SLICE_S,
+                                                           outstanding, qps))
+        after = _cpu_all(pids)
+    completed = sum(s.value[1] for s in spans)
+    every = sorted(x for s in spans for x in s.value[3])
+    clean_spans = probe.clean(spans)
+    clean = sorted(x for s in clean_spans for x in s.value[3])
+    return DnsRun(label, f"{qps}/s fixed, {SLICES}x{SLICE_S:g} s",
+                  sum(s.value[0] for s in spans) / len(spans),
+                  percentile(every, 0.50), percentile(every, 0.99), completed,
+                  sum(s.value[2] for s in spans), _per_item_us(before, after, completed),
+                  percentile(clean, 0.50) if clean else None,
+                  percentile(clean, 0.99) if clean else None,
+                  len(clean_spans), len(spans), probe.stalls,
+                  [percentile(s.value[3], 0.99) for s in spans],
+                  [not probe.touched(s.start, s.end) for s in spans], probe.cpu_wait_pct)
 
 
 def wait_listening(sb: Sandbox, target: str, port: int, proc: subprocess.Popen[Any]) -> None:

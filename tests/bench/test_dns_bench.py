@@ -24,12 +24,12 @@ directly: p99 4.7-5.9 ms against 0.3-0.4 ms without the wait) falls behind and a
 and 4 of 5 (default) clusters of slow proxy callbacks started inside a probe-detected window.
 Which run is hit is chance (one run measured p99 0.33 ms for the default proxy, 4.1 ms for
 gc-tuned and 8.9 ms for the bare proxy, which costs the least per query). So each fixed-rate
-setup runs as SLICES dnsperf runs of SLICE_S s while a low-duty probe (HOST_PROBE_SCRIPT)
-records host stalls; the table prints p99 over all slices (stalls included: the raw figure) and
-over the slices no stall touched, and the added latency is taken from the clean slices on both
-sides, so it measures the proxy, not the host. A control server (REFERENCE_SCRIPT:
-REFERENCE_WORK_US of CPU per query, no proxy code) is measured the same way in every run, so the
-raw-vs-clean gap of a same-cost server sits next to the proxy's.
+setup runs as SLICES dnsperf runs of SLICE_S s while a low-duty probe (hoststall.py, shared
+with the sandbox bench) records host stalls; the table prints p99 over all slices (stalls
+included: the raw figure) and over the slices no stall touched, and the added latency is taken
+from the clean slices on both sides, so it measures the proxy, not the host. A control server
+(REFERENCE_SCRIPT: REFERENCE_WORK_US of CPU per query, no proxy code) is measured the same way
+in every run, so the raw-vs-clean gap of a same-cost server sits next to the proxy's.
 """
 
 from __future__ import annotations
@@ -46,16 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hoststall import SLICE_S, SLICES, HostProbe, Stall, describe, timed_slices
+from hoststall import (  # collected here: pytest only collects test_*.py modules
+    test_stall_windows_finds_runs_of_slow_units as test_stall_windows_finds_runs_of_slow_units,
+)
 
 pytestmark = pytest.mark.bench
 
 RUN_S = 5  # per max-rate dnsperf run (brief: 5 s)
-SLICES = 16  # fixed-rate runs per setup (8 s, 40,000 queries in all)
-SLICE_S = 0.5  # host stalls come every 1-2.5 s (module docstring): 40-70 % of slices are clean
-PROBE_PERIOD_S = 0.002  # host-stall probe: one ~20 µs unit of work every 2 ms (~1 % of a CPU)
-STALL_FACTOR = 4.0  # a probe unit taking > 4x its median thread CPU time is stalled ...
-STALL_MIN_UNITS = 3  # ... and 3 such units in a row (>= 4 ms) make a stall window
-STALL_DRAIN_S = 0.05  # a slice starting this soon after a stall may still drain its backlog
 REFERENCE_WORK_US = 50  # CPU per query of the control server: about what the proxy spends
 OUTSTANDING = 64  # max-rate runs (perf-anchors B7)
 FIXED_QPS = 5000  # latency target load (issue: p50 <= 0.2 ms, p99 <= 1 ms added)
@@ -138,33 +136,6 @@ with asyncio.Runner(loop_factory=loop_factory()) as r:
 """
 
 
-HOST_PROBE_SCRIPT = r"""
-import selectors, sys, time
-# Host-stall probe (see the module docstring): a fixed unit of pure Python work every
-# PERIOD seconds; prints "monotonic_start thread_cpu_s" per unit when stdin closes.
-# Thread CPU time only grows while the guest thinks this thread runs, so in-guest preemption
-# does not inflate it; time taken below the guest does.
-period = float(sys.argv[1])
-tt, mono = time.thread_time, time.monotonic
-sel = selectors.DefaultSelector()
-sel.register(sys.stdin, selectors.EVENT_READ)
-samples = []
-
-def unit():
-    x = 0
-    for i in range(400):
-        x += i
-    return x
-
-while not sel.select(period):
-    t = mono()
-    c = tt()
-    unit()
-    samples.append(f"{t:.6f} {tt() - c:.9f}")
-print("\n".join(samples), flush=True)
-"""
-
-
 REFERENCE_SCRIPT = r"""
 import selectors, socket, sys, time
 # Control server (module docstring): answers each query with one A record after a fixed
@@ -208,50 +179,6 @@ while True:
             reply[6:8] = b"\x00\x01"
             sock.sendto(bytes(reply) + answer, addr)
 """
-
-
-@dataclass
-class Stall:
-    start: float  # time.monotonic()
-    end: float
-    slowdown: float  # worst probe unit / median unit
-
-
-def stall_windows(samples: list[tuple[float, float]]) -> list[Stall]:
-    """Host stalls in probe samples (monotonic start, thread CPU s): runs of at least
-    STALL_MIN_UNITS units slower than STALL_FACTOR x the median (a unit slower than half
-    that factor in between does not end a run)."""
-    if not samples:
-        return []
-    median = sorted(c for _, c in samples)[len(samples) // 2]
-    out: list[Stall] = []
-    i = 0
-    while i < len(samples):
-        if samples[i][1] <= STALL_FACTOR * median:
-            i += 1
-            continue
-        j = i
-        while j < len(samples) and samples[j][1] > STALL_FACTOR * median / 2:
-            j += 1
-        if j - i >= STALL_MIN_UNITS:
-            worst = max(c for _, c in samples[i:j])
-            out.append(Stall(samples[i][0], samples[j - 1][0] + samples[j - 1][1],
-                             worst / median if median > 0 else 0.0))
-        i = j
-    return out
-
-
-def test_stall_windows_finds_runs_of_slow_units() -> None:
-    """The probe's classifier (pure): isolated slow units are noise, runs are stalls."""
-    fast = [(i * 0.002, 20e-6) for i in range(100)]
-    samples = list(fast)
-    samples[10] = (samples[10][0], 200e-6)  # one slow unit: not a stall
-    for k in range(40, 46):
-        samples[k] = (samples[k][0], 400e-6 if k != 43 else 50e-6)  # 43: slow-ish, joins
-    found = stall_windows(samples)
-    assert len(found) == 1
-    assert found[0].start == samples[40][0] and found[0].slowdown == 20.0
-    assert stall_windows(fast) == [] and stall_windows([]) == []
 
 
 def _free_port() -> int:
@@ -326,34 +253,21 @@ def _dnsperf(port: int, datafile: Path, label: str, *, qps: int | None, tcp: boo
 
 def _fixed_rate(port: int, datafile: Path, label: str, *, cpu_pid: int) -> Run:
     """FIXED_QPS as SLICES runs of SLICE_S s under the host-stall probe (module docstring)."""
-    probe = subprocess.Popen([sys.executable, "-c", HOST_PROBE_SCRIPT, str(PROBE_PERIOD_S)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    spans: list[tuple[float, float, list[float]]] = []
-    rates: list[float] = []
-    completed = lost = 0
-    try:
-        time.sleep(0.2)  # the probe's median needs some calm samples first
+    with HostProbe() as probe:
         cpu0 = _cpu_s(cpu_pid)
-        for _ in range(SLICES):
-            t0 = time.monotonic()
-            lat, done, gone, qps = _run_dnsperf(port, datafile, SLICE_S, FIXED_QPS, False)
-            spans.append((t0, time.monotonic(), lat))
-            rates.append(qps)
-            completed += done
-            lost += gone
+        spans = timed_slices(SLICES, lambda: _run_dnsperf(port, datafile, SLICE_S, FIXED_QPS,
+                                                          False))
         cpu1 = _cpu_s(cpu_pid)
-    finally:
-        out, _ = probe.communicate(timeout=30)  # closing stdin stops it
-    samples = [(float(t), float(c)) for t, c in (line.split() for line in out.splitlines())]
-    stalls = stall_windows(samples)
-    every = sorted(x for _, _, lat in spans for x in lat)
-    clean_spans = [lat for t0, t1, lat in spans
-                   if not any(st.start <= t1 and st.end + STALL_DRAIN_S >= t0 for st in stalls)]
-    clean = sorted(x for lat in clean_spans for x in lat)
-    return Run(label, sum(rates) / len(rates), _pct(every, 0.50), _pct(every, 0.99),
-               completed, lost, (cpu1 - cpu0) * 1e6 / completed if completed else None,
+    completed = sum(s.value[1] for s in spans)
+    lost = sum(s.value[2] for s in spans)
+    every = sorted(x for s in spans for x in s.value[0])
+    clean_spans = probe.clean(spans)
+    clean = sorted(x for s in clean_spans for x in s.value[0])
+    return Run(label, sum(s.value[3] for s in spans) / len(spans), _pct(every, 0.50),
+               _pct(every, 0.99), completed, lost,
+               (cpu1 - cpu0) * 1e6 / completed if completed else None,
                _pct(clean, 0.50) if clean else None, _pct(clean, 0.99) if clean else None,
-               len(clean_spans), len(spans), stalls)
+               len(clean_spans), len(spans), probe.stalls)
 
 
 @pytest.fixture
@@ -438,8 +352,7 @@ def test_dns_proxy_throughput_and_latency(procs: dict[str, object]) -> None:
         if r.slices:
             c50 = f"{r.p50_clean_ms:7.3f}" if r.p50_clean_ms is not None else f"{'-':>7}"
             c99 = f"{r.p99_clean_ms:7.3f}" if r.p99_clean_ms is not None else f"{'-':>7}"
-            st = " ".join(f"{(x.end - x.start) * 1e3:.0f}/{x.slowdown:.0f}x" for x in r.stalls)
-            line += f"   {r.clean_slices}/{r.slices} {c50} {c99}  {st or 'none'}"
+            line += f"   {r.clean_slices}/{r.slices} {c50} {c99}  {describe(r.stalls)}"
         print(line)
     d_max, p_max, d_fix, p_fix = runs[:4]
     print(f"max-rate qps ratio proxy/direct: {p_max.qps / d_max.qps:.2f}")

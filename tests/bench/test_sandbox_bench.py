@@ -16,6 +16,16 @@ What it measures (all traffic stays inside the sandbox's network namespaces):
    fixed 5,000 q/s, without agents vs through node1's DNS proxy (reference policies,
    matchPattern "*"); p50/p99 from `dnsperf -v` per-query lines. Issue targets: >= 20,000 q/s;
    at 5,000 q/s p50 added <= 0.2 ms, p99 (read as added, like p50) <= 1 ms.
+   This VM loses 15-90 ms windows every 1-2.5 s below the guest (hoststall.py; evidence in
+   test_dns_bench.py), and a server costing ~50 µs/query falls behind in each, so a fixed-rate
+   p99 is a lottery. The 5,000 q/s runs therefore run as hoststall.SLICES dnsperf runs of
+   hoststall.SLICE_S s under the host-stall probe (root namespace: the stalls hit the whole
+   VM); the table gives p50/p99 over all slices (raw) and over the slices no stall touched
+   (clean), "added" from clean slices on both sides with the raw difference next to it, and
+   proxy CPU µs/query over all slices, with the in-guest CPU contention over the slices
+   ("CPU wait %", /proc/pressure/cpu "some": other engineers' unlocked jobs raise it, and the
+   probe does not count it as a stall) and each slice's p99. The control server (same CPU per
+   query, no proxy code) is measured in the loopback bench (test_dns_bench.py) only.
 
 Each sandbox configuration needs its own `Sandbox.up` (agents compile BPF at start: 15-60 s
 on a busy 2-core box), so runs are interleaved inside one sandbox (direct vs haproxy) and,
@@ -37,12 +47,14 @@ from statistics import median
 from typing import Any
 
 import pytest
+from hoststall import SLICE_S, SLICES, describe
 from sandbox_bench_helpers import (
     DnsRun,
     IperfRun,
     WrkRun,
     cpu_cell,
     dnsperf,
+    dnsperf_sliced,
     iperf3,
     stop_popen,
     table,
@@ -194,6 +206,26 @@ def _ratio(a: float, b: float) -> float:
 
 def _verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _added(a: float | None, b: float | None) -> str:
+    """`a - b` in ms as a table cell; `-` when a side has no figure (no clean slice)."""
+    d = _diff(a, b)
+    return "-" if d is None else f"{d:+.3f}"
+
+
+def _added_verdict(added: float | None, target: float, what: str) -> str:
+    if added is None:
+        return f"{what} n/a (a side had no slice clear of host stalls)"
+    return f"{what} {added:+.3f} ms (target <= {target}: {_verdict(added <= target)})"
 
 
 # -- 1. L3/L4 datapath ---------------------------------------------------------------------
@@ -356,35 +388,58 @@ def test_dns_proxy_vs_no_agent(slot: Slot, tmp_path: Path) -> None:
             pids["proxy"] = _agent_pid(sb, "node1")  # frontend and kube-dns are on node1
         runs.append(dnsperf(sb, CLIENT, server, datafile, RUN_S, label,
                             outstanding=DNS_OUTSTANDING, cpu_pids=pids))
-        runs.append(dnsperf(sb, CLIENT, server, datafile, RUN_S, label,
-                            outstanding=DNS_OUTSTANDING, qps=DNS_FIXED_QPS, cpu_pids=pids))
+        runs.append(dnsperf_sliced(sb, CLIENT, server, datafile, label,
+                                   outstanding=DNS_OUTSTANDING, qps=DNS_FIXED_QPS,
+                                   cpu_pids=pids))
         slot.close()
 
     base = {r.load: r for r in runs if r.label == "no agent"}
     rows = [[r.label, r.load, f"{r.qps:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
-             f"{r.completed:,}", r.lost,
+             f"{r.clean_slices}/{r.slices}" if r.slices else "-", _ms(r.p50_clean_ms),
+             _ms(r.p99_clean_ms), f"{r.completed:,}", r.lost,
              cpu_cell(r.cpu_us_per_q, "proxy"), cpu_cell(r.cpu_us_per_q, "dnsmasq"),
              f"{_ratio(r.qps, base[r.load].qps):.2f}",
-             f"{r.p50_ms - base[r.load].p50_ms:+.3f}", f"{r.p99_ms - base[r.load].p99_ms:+.3f}"]
+             _added(r.p50_clean_ms, base[r.load].p50_clean_ms),
+             _added(r.p50_ms, base[r.load].p50_ms),
+             _added(r.p99_clean_ms, base[r.load].p99_clean_ms),
+             _added(r.p99_ms, base[r.load].p99_ms),
+             describe(r.stalls) if r.slices else "-",
+             "-" if r.cpu_wait_pct is None else f"{r.cpu_wait_pct:.0f}"]
             for r in runs]
     print()
-    print(table(f"DNS: frontend -> kube-dns {DNS_NAMES} (dnsperf -c 1 -l {RUN_S}, -v "
-                "per-query latencies)",
-                ["setup", "load", "q/s", "p50 ms", "p99 ms", "completed", "lost",
+    print(table(f"DNS: frontend -> kube-dns {DNS_NAMES} (dnsperf -c 1, -v per-query latencies; "
+                f"max rate -l {RUN_S}; {DNS_FIXED_QPS}/s as {SLICES} runs of {SLICE_S:g} s "
+                "under the host-stall probe)",
+                ["setup", "load", "q/s", "p50 ms (all slices)", "p99 ms (all slices)",
+                 "clean slices", "p50 ms (clean)", "p99 ms (clean)", "completed", "lost",
                  "proxy CPU µs/q (user+sys)", "dnsmasq CPU µs/q (user+sys)", "q/s vs direct",
-                 "p50 added ms", "p99 added ms"], rows))
+                 "p50 added ms (clean)", "p50 added ms (raw)", "p99 added ms (clean)",
+                 "p99 added ms (raw)", "host stalls ms/slowdown",
+                 "CPU wait % (PSI some)"], rows))
+    for r in runs:
+        if r.slices:  # where the p99 comes from: one bad slice or all of them
+            print(f"{r.label}, per-slice p99 ms (* = a host stall touched it): " + " ".join(
+                f"{p:.2f}{'' if ok else '*'}" for p, ok in zip(r.slice_p99_ms, r.slice_clean,
+                                                              strict=True)))
     prox = {r.load: r for r in runs if r.label != "no agent"}
-    mx, fx = prox[f"max, {DNS_OUTSTANDING} outstanding"], prox[f"{DNS_FIXED_QPS}/s fixed"]
-    fx0 = base[f"{DNS_FIXED_QPS}/s fixed"]
-    p50_added, p99_added = fx.p50_ms - fx0.p50_ms, fx.p99_ms - fx0.p99_ms
+    fixed = next(load for load in prox if load.startswith(f"{DNS_FIXED_QPS}/s"))
+    mx, fx, fx0 = prox[f"max, {DNS_OUTSTANDING} outstanding"], prox[fixed], base[fixed]
+    added = {"p50_raw": fx.p50_ms - fx0.p50_ms, "p99_raw": fx.p99_ms - fx0.p99_ms,
+             "p50_clean": _diff(fx.p50_clean_ms, fx0.p50_clean_ms),
+             "p99_clean": _diff(fx.p99_clean_ms, fx0.p99_clean_ms)}
     print(f"l7gate DNS proxy: max {mx.qps:,.0f} q/s (target >= {TARGET_DNS_QPS:,}: "
-          f"{_verdict(mx.qps >= TARGET_DNS_QPS)}); at {DNS_FIXED_QPS:,}/s p50 added "
-          f"{p50_added:+.3f} ms (target <= {TARGET_DNS_P50_ADDED_MS}: "
-          f"{_verdict(p50_added <= TARGET_DNS_P50_ADDED_MS)}), p99 added {p99_added:+.3f} ms "
-          f"(p99 {fx.p99_ms:.3f} ms; target <= {TARGET_DNS_P99_ADDED_MS}: "
-          f"{_verdict(p99_added <= TARGET_DNS_P99_ADDED_MS)})")
+          f"{_verdict(mx.qps >= TARGET_DNS_QPS)}); at {DNS_FIXED_QPS:,}/s p50 added: "
+          f"{_added_verdict(added['p50_clean'], TARGET_DNS_P50_ADDED_MS, 'clean slices')}, "
+          f"{_added_verdict(added['p50_raw'], TARGET_DNS_P50_ADDED_MS, 'all slices (raw)')}; "
+          f"p99 added: "
+          f"{_added_verdict(added['p99_clean'], TARGET_DNS_P99_ADDED_MS, 'clean slices')} "
+          f"(p99 {_ms(fx.p99_clean_ms)} ms), "
+          f"{_added_verdict(added['p99_raw'], TARGET_DNS_P99_ADDED_MS, 'all slices (raw)')} "
+          f"(p99 {fx.p99_ms:.3f} ms); clean slices {fx0.clean_slices}/{fx0.slices} no agent, "
+          f"{fx.clean_slices}/{fx.slices} proxy")
     write_json("sandbox_dns_proxy", {"runs": runs, "names": list(DNS_NAMES),
-                                     "seconds": RUN_S})
+                                     "seconds": RUN_S, "slices": SLICES, "slice_s": SLICE_S,
+                                     "fixed_added_ms": added})
     for r in runs:
         assert r.completed > 0, r
     # the DNS proxy was in the path: node1's agent worked for those queries
