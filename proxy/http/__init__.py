@@ -1,7 +1,8 @@
 """Transparent HTTP/1.1 L7 proxy.
 
 Sans-IO core: `session.HttpSession` (wire.py grammar, codec.py parsers, request.py /
-response.py semantics, normalize.py paths). asyncio side: `server.HttpProxyServer`.
+response.py semantics, normalize.py paths, fast.py one-scan parsing of the usual heads).
+asyncio side: `server.HttpProxyServer`.
 """
 
 from proxy.http.actions import ConnInfo, HttpProxyStats

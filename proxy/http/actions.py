@@ -1,8 +1,13 @@
 """Values exchanged between the sans-IO HTTP session and the asyncio layer (no I/O here).
 
 `ConnInfo` names the two endpoints of one accepted client connection; the session turns
-bytes into the actions below and the server executes them, one `_execute(action)` each.
+bytes into the actions below and the server executes them in one `_execute(actions)`.
 `HttpProxyStats` is the small counter set the Prometheus collector reads at scrape time.
+
+The per-request actions (SendClient, SendUpstream, Emit) stay frozen dataclasses but set
+their one field through the slot descriptor instead of the generated frozen `__init__`
+(which goes through `object.__setattr__`): ~1,200 fewer instructions per action, three
+actions per forwarded request (callgrind, tests/bench/test_http_core_bench.py's loop).
 """
 
 from __future__ import annotations
@@ -29,16 +34,22 @@ class Side(enum.Enum):
     UPSTREAM = "upstream"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class SendClient:
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        _set_send_client(self, data)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class SendUpstream:
     """Bytes for the original destination; the server attaches a pooled or new connection."""
 
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        _set_send_upstream(self, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +71,17 @@ class StartTunnel:
     """Protocol switched (101 / CONNECT 2xx): from now on bytes are spliced both ways."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Emit:
     flow: Flow
+
+    def __init__(self, flow: Flow) -> None:
+        _set_emit(self, flow)
+
+
+_set_send_client = SendClient.__dict__["data"].__set__
+_set_send_upstream = SendUpstream.__dict__["data"].__set__
+_set_emit = Emit.__dict__["flow"].__set__
 
 
 Action = SendClient | SendUpstream | ReleaseUpstream | Close | StartTunnel | Emit

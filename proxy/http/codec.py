@@ -59,6 +59,22 @@ CODEC_END = CodecEnd()  # carries nothing: one shared value instead of one per r
 CodecEvent = CodecHead | CodecBody | CodecEnd
 
 
+def _canon(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # h11 lower-cases Transfer-Encoding values; coding names are case-insensitive anyway.
+    return [(k, v.lower() if k == "transfer-encoding" else v) for k, v in headers]
+
+
+def codec_agrees(head: CodecHead, method: str, target: str, version: str,
+                 headers: list[tuple[str, str]]) -> bool:
+    """The codec and our gate must have read the same head (parser differential -> 400).
+    A codec that reports only the field count (httptools) is checked on that count; its
+    framing of the body is checked by the session."""
+    return (head.method == method and head.target == target and head.version == version
+            and head.n_headers == len(headers)
+            and (head.headers is None or head.headers == headers
+                 or _canon(head.headers) == _canon(headers)))
+
+
 class RequestCodec(Protocol):
     name: str
 
@@ -66,6 +82,13 @@ class RequestCodec(Protocol):
         """A new request message begins (after the previous one ended)."""
 
     def feed(self, data: bytes) -> list[CodecEvent]: ...
+
+    def feed_head(self, head: bytes, method: str, target: str, version: str,
+                  headers: list[tuple[str, str]]) -> bool:
+        """The session's fast path: `head` is one complete request head without Content-
+        Length or Transfer-Encoding that the gate read as (method, target, version,
+        headers). True when the codec reads it the same way as one complete bodiless
+        message. After False the codec may be in any state: the session replaces it."""
 
 
 class H11Codec:
@@ -107,11 +130,44 @@ class H11Codec:
                     raise CodecError(f"unexpected h11 event {type(ev).__name__}")
         return events
 
+    def feed_head(self, head: bytes, method: str, target: str, version: str,
+                  headers: list[tuple[str, str]]) -> bool:
+        self.start()
+        try:
+            events = self.feed(head)
+        except CodecError:
+            return False
+        return (len(events) == 2 and events[1] is CODEC_END and type(events[0]) is CodecHead
+                and codec_agrees(events[0], method, target, version, headers))
+
 
 # Methods llhttp parses itself and frames like GET (CONNECT keeps its own meaning); any other
 # token is fed as GET (see below). PRI is deliberately absent (llhttp's HTTP/2 preface case).
 _LLHTTP_NATIVE = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
                             b"CONNECT"})
+# The same names for the fast path's head check (CONNECT never takes it).
+_LLHTTP_NATIVE_S = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
+class _HeadReader:
+    """httptools protocol of the fast path's parser: the target, the number of fields and
+    whether the message ended; nothing is built per field (one counter increment)."""
+
+    __slots__ = ("complete", "n", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.n = 0
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.n += 1
+
+    def on_message_complete(self) -> None:
+        self.complete = True
 
 
 class HttptoolsCodec:
@@ -142,6 +198,10 @@ class HttptoolsCodec:
         self._method: bytes | None = None
         self._reusable = True
         self._parser = httptools.HttpRequestParser(self)
+        # The fast path has its own parser (each message is parsed whole by one of the two,
+        # and llhttp starts every message afresh), so it needs no event objects.
+        self._head = _HeadReader()
+        self._fast: httptools.HttpRequestParser | None = None
 
     def start(self) -> None:
         if not self._reusable:
@@ -190,6 +250,30 @@ class HttptoolsCodec:
             raise CodecError(f"httptools: {exc}") from exc
         events, self._events = self._events, []
         return events
+
+    def feed_head(self, head: bytes, method: str, target: str, version: str,
+                  headers: list[tuple[str, str]]) -> bool:
+        if method not in _LLHTTP_NATIVE_S:
+            return False  # the full path feeds it with GET in its place
+        parser = self._fast
+        if parser is None:
+            parser = self._fast = httptools.HttpRequestParser(self._head)
+        reader = self._head
+        reader.url = b""
+        reader.n = 0
+        reader.complete = False
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserError:  # includes HttpParserUpgrade
+            self._fast = None
+            return False
+        # HTTP/1.0 without keep-alive: llhttp takes no further message on this parser
+        if version != "1.1":
+            self._fast = None
+        return (reader.complete and reader.n == len(headers)
+                and parser.get_http_version() == version
+                and parser.get_method().decode("latin-1") == method
+                and reader.url.decode("latin-1") == target)
 
 
 CodecFactory = Callable[[int], RequestCodec]

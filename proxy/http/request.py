@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from policy.types import HttpRequestMeta
 from proxy.http.actions import ConnInfo
-from proxy.http.codec import CodecHead
+from proxy.http.codec import CodecHead, codec_agrees
 from proxy.http.limits import HttpLimits
 from proxy.http.normalize import normalize_origin
 from proxy.http.wire import GateResult, HttpReject, parse_content_length
 
 # RFC 3986 host (reg-name or IP literal) with an optional port; no userinfo, no spaces.
 _HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)"
-_AUTHORITY = re.compile(_HOST + r"(?::[0-9]{1,5})?")
+AUTHORITY = re.compile(_HOST + r"(?::[0-9]{1,5})?")
 _AUTHORITY_WITH_PORT = re.compile(_HOST + r":[0-9]{1,5}")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -67,19 +67,8 @@ def _tokens(values: list[str]) -> list[str]:
     return out
 
 
-def _canon(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    # h11 lower-cases Transfer-Encoding values; coding names are case-insensitive anyway.
-    return [(k, v.lower() if k == "transfer-encoding" else v) for k, v in headers]
-
-
 def _check_agreement(gate: GateResult, head: CodecHead) -> None:
-    """The codec and our gate must have read the same head (parser differential -> 400).
-    A codec that reports only the field count (httptools) is checked on that count; its
-    framing of the body is checked by the session."""
-    if (head.method != gate.method or head.target != gate.target
-            or head.version != gate.version or head.n_headers != len(gate.headers)
-            or (head.headers is not None and head.headers != gate.headers
-                and _canon(head.headers) != _canon(gate.headers))):
+    if not codec_agrees(head, gate.method, gate.target, gate.version, gate.headers):
         raise HttpReject(400, "codec disagrees with the strict gate on the request head")
 
 
@@ -106,7 +95,7 @@ def _resolve_target(method: str, target: str, host_hdr: str | None, conn: ConnIn
     authority, path = rest[:cut], rest[cut:]
     if "@" in authority:
         raise HttpReject(400, "userinfo in absolute-form target")
-    if not _AUTHORITY.fullmatch(authority):
+    if not AUTHORITY.fullmatch(authority):
         raise HttpReject(400, "invalid authority in absolute-form target")
     if not path.startswith("/"):
         path = "/" + path
@@ -143,10 +132,34 @@ _SPECIAL = frozenset({"host", "transfer-encoding", "content-length", "connection
                       "upgrade"})
 
 
-_PROTOCOL = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1"}
+PROTOCOL = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1"}
+
+# HttpRequestMeta is a frozen dataclass: its generated __init__ sets each field through
+# object.__setattr__. Setting the four slots through their descriptors builds an equal value
+# with ~3,500 fewer instructions (callgrind), once per request on the fast path. Used only
+# while the class has exactly these fields and no __post_init__ (test_fastpaths.py pins it).
+_META_FIELDS = ("method", "path", "host", "headers")
+META_DIRECT = (tuple(f.name for f in fields(HttpRequestMeta)) == _META_FIELDS
+               and not hasattr(HttpRequestMeta, "__post_init__"))
+_new = object.__new__
+_set_method, _set_path, _set_host, _set_headers = (
+    HttpRequestMeta.__dict__[name].__set__ if META_DIRECT else None for name in _META_FIELDS)
 
 
-def _serialise(method: str, target: str, fwd: list[tuple[str, str]]) -> bytes:
+def new_meta(method: str, path: str, host: str,
+             headers: tuple[tuple[str, str], ...]) -> HttpRequestMeta:
+    """`HttpRequestMeta(method, path, host, headers)`, built cheaply (see META_DIRECT)."""
+    if not META_DIRECT:
+        return HttpRequestMeta(method, path, host, headers)
+    meta: HttpRequestMeta = _new(HttpRequestMeta)
+    _set_method(meta, method)  # type: ignore[misc]
+    _set_path(meta, path)  # type: ignore[misc]
+    _set_host(meta, host)  # type: ignore[misc]
+    _set_headers(meta, headers)  # type: ignore[misc]
+    return meta
+
+
+def serialise(method: str, target: str, fwd: list[tuple[str, str]]) -> bytes:
     # One C-level join over the validated pieces (no per-field Python formatting).
     return "".join((method, " ", target, " HTTP/1.1\r\n", "\r\n".join(map(": ".join, fwd)),
                     "\r\n\r\n")).encode("latin-1")
@@ -163,15 +176,15 @@ def _prepare_plain(gate: GateResult, conn: ConnInfo, limits: HttpLimits) -> Prep
     if not hosts and version == "1.1":
         raise HttpReject(400, "missing Host in HTTP/1.1")  # RFC 9112 §3.2
     host_hdr = hosts[0].lower() if hosts else None
-    if host_hdr is not None and not _AUTHORITY.fullmatch(host_hdr):
+    if host_hdr is not None and not AUTHORITY.fullmatch(host_hdr):
         raise HttpReject(400, "invalid Host")
     host, target = _resolve_target(method, gate.target, host_hdr, conn, limits)
     fwd = [("host", host)]
     fwd += [kv for kv in headers if kv[0] != "host"]
     meta = HttpRequestMeta(method, target, host, tuple(fwd))
     url = "".join(("http://", host, target)) if target[0] == "/" else "http://" + host
-    return PreparedRequest(method, version, _PROTOCOL[version], meta, url,
-                           _serialise(method, target, fwd), BodyKind.NONE, 0,
+    return PreparedRequest(method, version, PROTOCOL[version], meta, url,
+                           serialise(method, target, fwd), BodyKind.NONE, 0,
                            version == "1.1", False, None, method == "CONNECT")
 
 
@@ -196,7 +209,7 @@ def prepare_request(gate: GateResult, head: CodecHead, conn: ConnInfo,
     if not hosts and version == "1.1":
         raise HttpReject(400, "missing Host in HTTP/1.1")  # RFC 9112 §3.2
     host_hdr = hosts[0].lower() if hosts else None
-    if host_hdr is not None and not _AUTHORITY.fullmatch(host_hdr):
+    if host_hdr is not None and not AUTHORITY.fullmatch(host_hdr):
         raise HttpReject(400, "invalid Host")
     is_connect = method == "CONNECT"
     host, target = _resolve_target(method, gate.target, host_hdr, conn, limits)
@@ -227,8 +240,8 @@ def prepare_request(gate: GateResult, head: CodecHead, conn: ConnInfo,
         fwd.append(("transfer-encoding", "chunked"))
     if upgrade is not None:
         fwd += [("connection", "upgrade"), ("upgrade", upgrade)]
-    upstream_head = _serialise(method, target, fwd)
+    upstream_head = serialise(method, target, fwd)
     meta = HttpRequestMeta(method, target, host, tuple(fwd))
     url = "".join(("http://", host, target)) if target[0] == "/" else "http://" + host
-    return PreparedRequest(method, version, _PROTOCOL[version], meta, url, upstream_head, kind,
+    return PreparedRequest(method, version, PROTOCOL[version], meta, url, upstream_head, kind,
                            length, keep_alive, expect_continue, upgrade, is_connect)

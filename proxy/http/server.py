@@ -85,10 +85,14 @@ class _Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_data = True
-        if self.owner is not None:
-            self.owner.on_upstream_data(self, data)
-        else:  # an idle pooled connection must stay silent
+        owner = self.owner
+        if owner is None:  # an idle pooled connection must stay silent
             self.close()
+        elif owner.up is self and owner.session is not None:  # the usual response bytes
+            owner.last_activity = self.server.now
+            owner._execute(owner.session.feed_upstream, data)
+        else:
+            owner.on_upstream_data(self, data)
 
     def eof_received(self) -> bool:
         if self.owner is not None:
@@ -159,18 +163,18 @@ class _Client(asyncio.Protocol):
         transport.set_write_buffer_limits(srv.limits.high_water_bytes, srv.limits.low_water_bytes)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.server.loop_time()
+        self.last_activity = self.server.now  # the sweeper's clock: no call per read
         if self.session is not None:
-            self._run(self.session.feed_client, data)
+            self._execute(self.session.feed_client, data)
 
     def eof_received(self) -> bool:
         if self.session is not None:
-            self._run(self.session.feed_client, b"")
+            self._execute(self.session.feed_client, b"")
         return True  # keep the write side open: a pending response may still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None and not self.closed:
-            self._run(self.session.feed_client, b"")
+            self._execute(self.session.feed_client, b"")
         self._teardown()
 
     def pause_writing(self) -> None:
@@ -189,21 +193,21 @@ class _Client(asyncio.Protocol):
     def on_upstream_data(self, up: _Upstream, data: bytes) -> None:
         if up is not self.up:
             return
-        self.last_activity = self.server.loop_time()
+        self.last_activity = self.server.now
         if not data:
             self.up = None  # gone: the session decides what that means
             up.owner = None
             if up.reused and not up.got_data and self.session is not None:
                 retry = self.session.retry_on_fresh_upstream()
                 if retry is not None:
-                    self._run(_given, retry)
+                    self._execute(_given, retry)
                     return
         if self.session is not None:
-            self._run(self.session.feed_upstream, data)
+            self._execute(self.session.feed_upstream, data)
 
     def on_timeout(self) -> None:
         if self.session is not None:
-            self._run(_call, self.session.timeout)
+            self._execute(_call, self.session.timeout)
 
     def pause_client(self, reason: str) -> None:
         if not self.pause_reasons and self.transport is not None and not self.closed:
@@ -217,15 +221,46 @@ class _Client(asyncio.Protocol):
                 self.transport.resume_reading()
 
     # --- the one dispatch -----------------------------------------------------------------
-    def _run(self, step: Callable[[_A], list[Action]], arg: _A) -> None:
+    def _execute(self, step: Callable[[_A], list[Action]], arg: _A) -> None:
         """Run one session step (`step(arg)`, a bound session method: no closure per read)
-        and execute its actions in order."""
+        and execute its actions in order: the only place actions take effect.
+
+        Dispatch on the exact type, the four actions of a forwarded request first
+        (SendClient, SendUpstream, Emit, ReleaseUpstream), inline in this loop: a `match`
+        on class patterns runs an isinstance per failed case (~1.3 µs more per request),
+        and a method call per action or per step costs ~1,500 instructions each (callgrind
+        on tests/bench/test_http_core_bench.py's loop). The action classes are frozen
+        slotted dataclasses nobody subclasses."""
         session = self.session
         if session is None or self.closed:
             return
         try:
             for action in step(arg):
-                self._execute(action)
+                kind = type(action)
+                if kind is SendClient:
+                    if self.transport is not None and not self.closed:
+                        self.transport.write(action.data)  # type: ignore[union-attr]
+                elif kind is SendUpstream:
+                    self._send_upstream(action.data)  # type: ignore[union-attr]
+                elif kind is Emit:
+                    try:
+                        self.server.emit(action.flow)  # type: ignore[union-attr]
+                    except Exception:  # the flow sink must not break the data path
+                        log.exception("flow emit callback failed")
+                elif kind is ReleaseUpstream:
+                    self._release_upstream(
+                        action.reusable and not self.tunnel)  # type: ignore[union-attr]
+                elif kind is Close:
+                    self._release_upstream(False)
+                    if action.side is Side.CLIENT:  # type: ignore[union-attr]
+                        self.closed = True
+                        if self.transport is not None:
+                            self.transport.close()
+                        self._teardown()
+                elif kind is StartTunnel:
+                    self.tunnel = True
+                else:
+                    raise RuntimeError(f"unexpected action {action!r}")
         except Exception:  # a bug must cost one connection, never the server
             log.exception("HTTP proxy connection failed; closing it")
             self.server.stats.upstream_errors += 1
@@ -233,38 +268,18 @@ class _Client(asyncio.Protocol):
             return
         if self.closed:
             return
+        buffered = len(session.pending)
+        if not buffered:  # the usual case: nothing waits in the session
+            self.head_since = None
+            if self.pause_reasons:
+                self.resume_client("pipeline")
+            return
         self.head_since = (self.head_since or self.server.loop_time()) \
             if session.head_in_progress else None
-        if session.buffered_bytes > self.server.limits.max_pipeline_bytes:
+        if buffered > self.server.limits.max_pipeline_bytes:
             self.pause_client("pipeline")
         elif self.pause_reasons:
             self.resume_client("pipeline")
-
-    def _execute(self, action: Action) -> None:
-        # Dispatch on the exact type, the four actions of a forwarded request first
-        # (SendUpstream, Emit, SendClient, ReleaseUpstream): a `match` on class patterns runs
-        # an isinstance per failed case and costs ~1.3 µs more per request. The action
-        # classes are frozen slotted dataclasses nobody subclasses.
-        if type(action) is SendClient:
-            if self.transport is not None and not self.closed:
-                self.transport.write(action.data)
-        elif type(action) is SendUpstream:
-            self._send_upstream(action.data)
-        elif type(action) is Emit:
-            self.server.emit_flow(action.flow)
-        elif type(action) is ReleaseUpstream:
-            self._release_upstream(action.reusable and not self.tunnel)
-        elif type(action) is Close:
-            self._release_upstream(False)
-            if action.side is Side.CLIENT:
-                self.closed = True
-                if self.transport is not None:
-                    self.transport.close()
-                self._teardown()
-        elif type(action) is StartTunnel:
-            self.tunnel = True
-        else:
-            raise RuntimeError(f"unexpected action {action!r}")
 
     # --- upstream attachment --------------------------------------------------------------
     def _send_upstream(self, data: bytes) -> None:
@@ -272,6 +287,20 @@ class _Client(asyncio.Protocol):
         if up is not None and up.transport is not None and up.alive:
             up.transport.write(data)
             return
+        if self.connecting is None and not self.pending and self.session is not None:
+            # the usual next request: an idle pooled connection takes it at once
+            if self.pool_key is None:
+                self.pool_key = self.server.pool_key(self.session.conn)
+            up = self.server.pool_get(self.pool_key)
+            if up is not None and up.transport is not None:
+                up.reused = True
+                self.up = up
+                up.owner = self
+                up.got_data = False
+                up.transport.write(data)
+                return
+            if up is not None:  # pragma: no cover - a pooled connection always has one
+                up.close()
         self.pending.append(data)
         if self.connecting is None and self.session is not None:
             if self.pool_key is None:
@@ -293,7 +322,7 @@ class _Client(asyncio.Protocol):
             self.connecting = None
             self.pending.clear()
             if self.session is not None:
-                self._run(_call, self.session.upstream_failed)
+                self._execute(_call, self.session.upstream_failed)
             return
         self.connecting = None
         if self.closed:
@@ -307,9 +336,10 @@ class _Client(asyncio.Protocol):
         self.up = up
         up.owner = self
         up.got_data = False
+        pending = self.pending
         if up.transport is not None:
-            up.transport.write(b"".join(self.pending))
-        self.pending.clear()
+            up.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        pending.clear()
 
     def _release_upstream(self, reusable: bool) -> None:
         if self.connecting is not None:
@@ -326,7 +356,8 @@ class _Client(asyncio.Protocol):
             self.server.pool_put(up)
         else:
             up.close()
-        self.resume_client("upstream-buffer")
+        if self.pause_reasons:
+            self.resume_client("upstream-buffer")
 
     def _abort(self) -> None:
         self.closed = True
@@ -373,6 +404,9 @@ class HttpProxyServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listen_sock: socket.socket | None = None
+        # Loop time as of the last sweep: activity stamps use it instead of a clock call
+        # per read (timeouts are checked at sweep granularity anyway, see _sweep).
+        self.now = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -389,6 +423,7 @@ class HttpProxyServer:
             sock.close()
             raise
         self._listen_sock = sock
+        self.now = self._loop.time()
         self._server = await self._loop.create_server(lambda: _Client(self), sock=sock)
         self._sweeper = asyncio.ensure_future(self._sweep())
 
@@ -447,11 +482,13 @@ class HttpProxyServer:
         return None
 
     def pool_put(self, up: _Upstream) -> None:
-        conns = self._pool.setdefault(up.key, [])
-        if len(conns) >= self.limits.pool_max_idle_per_key:
+        conns = self._pool.get(up.key)
+        if conns is None:
+            conns = self._pool[up.key] = []
+        elif len(conns) >= self.limits.pool_max_idle_per_key:
             up.close()
             return
-        up.idle_since = self.loop_time()
+        up.idle_since = self.now
         conns.append(up)
 
     def pool_discard(self, up: _Upstream) -> None:
@@ -486,15 +523,18 @@ class HttpProxyServer:
         lim = self.limits
         while True:
             await asyncio.sleep(self.sweep_interval_s)
-            now = self.loop_time()
+            now = self.now = self.loop_time()
+            # Activity stamps lag the true time by less than one interval: allow for it so
+            # that no connection is closed before its idle timeout.
+            idle_limit = lim.client_idle_timeout_s + self.sweep_interval_s
             for client in list(self.clients):
                 head_late = client.head_since is not None and \
                     now - client.head_since > lim.header_timeout_s
-                idle = now - client.last_activity > lim.client_idle_timeout_s
+                idle = now - client.last_activity > idle_limit
                 if (head_late or idle) and not client.closed:
                     client.on_timeout()
             for conns in list(self._pool.values()):
                 for up in list(conns):
-                    if now - up.idle_since > lim.upstream_idle_timeout_s:
+                    if now - up.idle_since > lim.upstream_idle_timeout_s + self.sweep_interval_s:
                         up.close()
                         self.pool_discard(up)

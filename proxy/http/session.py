@@ -8,6 +8,12 @@ the strict gate (wire.py), is parsed by the codec, cross-checked, normalized and
 connection stays usable when HTTP allows. Upstream responses are parsed with the same strict
 grammar and re-framed for the client. Only a 101 (or a 2xx to CONNECT) for a request the
 policy allowed switches the connection to a byte tunnel.
+
+The dominant exchange (one plain bodiless request head per read, a Content-Length response
+whose head arrives in one read) takes `_fast_request` / `_fast_response`: the same checks,
+codec cross-check, decision and output as the full path (fast.py says which heads qualify;
+anything else, or any doubt, runs the full path). test_fastpaths.py and the whole-vs-byte-
+wise session tests hold both paths to the same actions.
 """
 
 from __future__ import annotations
@@ -33,9 +39,18 @@ from proxy.http.actions import (
     StartTunnel,
 )
 from proxy.http.codec import CodecBody, CodecEnd, CodecEvent, CodecFactory, CodecHead, RequestCodec
+from proxy.http.fast import plain_request, plain_response
 from proxy.http.flows import http_flow
 from proxy.http.limits import MAX_CHUNK_LINE_BYTES, HttpLimits
-from proxy.http.request import BodyKind, PreparedRequest, prepare_request
+from proxy.http.request import (
+    AUTHORITY,
+    PROTOCOL,
+    BodyKind,
+    PreparedRequest,
+    new_meta,
+    prepare_request,
+    serialise,
+)
 from proxy.http.response import ResponseFraming, client_response_head, response_framing
 from proxy.http.wire import (
     LAST_CHUNK,
@@ -54,6 +69,12 @@ from proxy.http.wire import (
 log = logging.getLogger(__name__)
 
 Decide = Callable[[ConnInfo, HttpRequestMeta], Verdict]
+
+# Actions that carry no per-request value: one shared (frozen) instance each.
+RELEASE_REUSABLE = ReleaseUpstream(reusable=True)
+RELEASE_BROKEN = ReleaseUpstream(reusable=False)
+CLOSE_CLIENT = Close(Side.CLIENT)
+START_TUNNEL = StartTunnel()
 
 
 def _to_client(out: list[Action], data: bytes) -> None:
@@ -87,6 +108,9 @@ class UpstreamState(enum.Enum):
     TUNNEL = "tunnel"
 
 
+_NO_BODY = LengthDecoder(0)  # done from the start: never fed, shared by bodiless requests
+
+
 @dataclass(slots=True)
 class _Exchange:
     req: PreparedRequest
@@ -113,6 +137,7 @@ class HttpSession:
                  clock_ns: Callable[[], int], wall_ns: Callable[[], int]) -> None:
         self.conn = conn
         self._decide = decide
+        self._new_codec = codec
         self._codec = codec(limits.max_head_bytes)  # one per connection, restarted per request
         self._limits = limits
         self._stats = stats
@@ -121,11 +146,18 @@ class HttpSession:
         self.state = ClientState.HEAD
         self.up_state = UpstreamState.IDLE
         self._buf = bytearray()
+        # The same buffer, read-only by contract: the server tests `len(session.pending)`
+        # after every step (a property call there costs more than the test itself).
+        self.pending = self._buf
         self._scan = 0
         self._rbuf = bytearray()
         self._ex: _Exchange | None = None
         self._close_after = False
         self._client_eof = False
+        # The fast path's per-connection cache: the last Host value seen and its
+        # validated lower-case form (clients repeat it on every request).
+        self._host_raw: str | None = None
+        self._host = ""
 
     # --- what the server looks at ---------------------------------------------------------
     @property
@@ -147,6 +179,10 @@ class HttpSession:
             return self._close(out)
         if not data:
             return self._on_client_eof(out)
+        if self.state is ClientState.HEAD and not self._buf and data.endswith(b"\r\n\r\n"):
+            fast = self._fast_request(data)
+            if fast is not None:
+                return fast
         self._buf += data
         self._pump_client(out)
         return out
@@ -160,10 +196,14 @@ class HttpSession:
                 return [SendClient(data)]
             return self._close(out)
         ex = self._ex
+        if self.up_state is UpstreamState.HEAD and ex is not None and data and not self._rbuf:
+            fast = self._fast_response(ex, data)
+            if fast is not None:
+                return fast
         if ex is None or not ex.forward or self.up_state is UpstreamState.IDLE:
             if data:  # bytes nobody asked for: the connection cannot be trusted
                 self._stats.upstream_errors += 1
-            return [ReleaseUpstream(reusable=False)]
+            return [RELEASE_BROKEN]
         if not data:
             return self._on_upstream_eof(ex, out)
         self._rbuf += data
@@ -265,6 +305,63 @@ class HttpSession:
         self._start_exchange(ex, out)
         return True
 
+    def _fast_request(self, data: bytes) -> list[Action] | None:
+        """`data` is exactly one complete request head with nothing after it (the usual
+        read). When it is a plain origin-form request (fast.plain_request), do what
+        `_read_head` + `_start_exchange` + `_read_body` do for it, with the same checks and
+        the same actions, without the intermediate values. None: nothing was changed and
+        the caller runs the full path (which also names any error)."""
+        limits = self._limits
+        if len(data) > limits.max_head_bytes:
+            return None
+        plain = plain_request(data, limits.max_headers)
+        if plain is None:
+            return None
+        method, target, version, fields = plain
+        host_raw = fields[0][1]
+        if host_raw == self._host_raw:  # the same Host as the last request: checked then
+            host = self._host
+        else:
+            host = host_raw.lower()
+            if not AUTHORITY.fullmatch(host):
+                return None
+            self._host_raw, self._host = host_raw, host
+        # The codec reads the same bytes; anything but one agreeing bodiless message goes
+        # to the full path on a fresh codec, which sees exactly what it would have seen.
+        codec = self._codec
+        if not codec.feed_head(data, method, target, version, fields):
+            self._codec = self._new_codec(limits.max_head_bytes)
+            return None
+        if host != host_raw:
+            fields[0] = ("host", host)
+        fwd = fields
+        req = PreparedRequest(method, version, PROTOCOL[version],
+                              new_meta(method, target, host, tuple(fwd)),
+                              "".join(("http://", host, target)),
+                              serialise(method, target, fwd), BodyKind.NONE, 0,
+                              version == "1.1", False, None, False)
+        ex = _Exchange(req, codec, _NO_BODY, False, self._clock_ns())
+        ex.codec_end = True
+        try:
+            verdict = self._decide(self.conn, req.meta)
+        except Exception:  # fail closed, as _verdict does
+            verdict = self._decide_failed()
+        if verdict.decision is not Decision.FORWARDED:
+            out: list[Action] = []
+            self._apply_verdict(ex, verdict, out)
+            if self.state is ClientState.BODY:
+                self._read_body(out)
+            return out
+        self._stats.requests["forwarded"] += 1
+        ex.forward = True
+        ex.req_done = True
+        self._ex = ex
+        if version != "1.1":
+            self._close_after = True
+        self.up_state = UpstreamState.HEAD
+        self.state = ClientState.WAIT
+        return [SendUpstream(req.upstream_head)]
+
     def _codec_events(self, ex: _Exchange, events: list[CodecEvent]) -> None:
         for ev in events:
             if isinstance(ev, CodecBody) and not ex.codec_end:
@@ -278,13 +375,18 @@ class HttpSession:
         try:
             return self._decide(self.conn, meta)
         except Exception:  # fail closed: a broken decide() must never let a request through
-            log.exception("HTTP decide() failed; denying")
-            self._stats.decide_errors += 1
-            return Verdict(Decision.DENIED, rule_id="decide-error", reason=DropReason.POLICY_DENIED)
+            return self._decide_failed()
+
+    def _decide_failed(self) -> Verdict:
+        log.exception("HTTP decide() failed; denying")
+        self._stats.decide_errors += 1
+        return Verdict(Decision.DENIED, rule_id="decide-error", reason=DropReason.POLICY_DENIED)
 
     def _start_exchange(self, ex: _Exchange, out: list[Action]) -> None:
+        self._apply_verdict(ex, self._verdict(ex.req.meta), out)
+
+    def _apply_verdict(self, ex: _Exchange, verdict: Verdict, out: list[Action]) -> None:
         req = ex.req
-        verdict = self._verdict(req.meta)
         self._ex = ex
         if not req.keep_alive:
             self._close_after = True
@@ -376,13 +478,13 @@ class HttpSession:
     def _close(self, out: list[Action]) -> list[Action]:
         """Terminal: abort any upstream exchange in flight, then close the client."""
         if self.up_state is not UpstreamState.IDLE or (self._ex is not None and self._ex.forward):
-            out.append(ReleaseUpstream(reusable=False))
+            out.append(RELEASE_BROKEN)
         self.up_state = UpstreamState.IDLE
         self.state = ClientState.CLOSED
         self._ex = None
         self._buf.clear()
         self._rbuf.clear()
-        out.append(Close(Side.CLIENT))
+        out.append(CLOSE_CLIENT)
         return out
 
     # --- upstream side --------------------------------------------------------------------
@@ -391,6 +493,61 @@ class HttpSession:
             pass
         if self.up_state is UpstreamState.BODY:
             self._read_response_body(ex, out, eof=False)
+
+    def _fast_response(self, ex: _Exchange, data: bytes) -> list[Action] | None:
+        """The first bytes of a response: when its head is complete and plain
+        (fast.plain_response: a final status, one Content-Length, nothing hop-by-hop), do
+        what `_read_response_head` + `_read_response_body` (+ `_exchange_done`) do, with the
+        same output. None: nothing was changed and the caller runs the full path."""
+        req = ex.req
+        if req.method == "HEAD" or req.is_connect:
+            return None
+        end = data.find(b"\r\n\r\n") + 4
+        if end == 3:
+            return None
+        plain = plain_response(data if end == len(data) else data[:end],
+                               self._limits.max_headers)
+        if plain is None:
+            return None
+        minor, status, reason, fields, length = plain
+        # client_response_head's output for this head: same fields in the same order and
+        # spelling, then our Content-Length (and Connection: close when the client goes)
+        if self._close_after:
+            head = (f"HTTP/1.1 {status} {reason}\r\n{fields}content-length: {length}\r\n"
+                    "connection: close\r\n\r\n")
+        else:
+            head = f"HTTP/1.1 {status} {reason}\r\n{fields}content-length: {length}\r\n\r\n"
+        if len(data) - end != length:  # partial (or too long): the general body path
+            out: list[Action] = []
+            self._final_response(ex, out, int(status),
+                                 ResponseFraming(LengthDecoder(length), False, length, False,
+                                                 minor == 1), head.encode("latin-1"))
+            self._rbuf += memoryview(data)[end:]
+            self._read_response_body(ex, out, eof=False)
+            return out
+        ex.resp_started = True
+        ex.resp_done = True
+        self.up_state = UpstreamState.IDLE
+        c = self.conn
+        flow = http_flow(self._wall_ns(), FlowVerdict.FORWARDED, c.src_ip, c.dst_ip,
+                         c.src_port, c.dst_port, "RESPONSE", self._clock_ns() - ex.start_ns,
+                         "", HttpInfo(req.method, req.url, req.protocol, int(status), []))
+        head_b = head.encode("latin-1")
+        out = [Emit(flow), SendClient(head_b + data[end:] if length else head_b)]
+        if not ex.req_done:  # the origin answered before the request body ended: close
+            self._close(out)
+            return out
+        # _exchange_done
+        out.append(RELEASE_REUSABLE if minor == 1 else RELEASE_BROKEN)
+        self._ex = None
+        if self._close_after or self._client_eof:
+            self.state = ClientState.CLOSED
+            out.append(CLOSE_CLIENT)
+            return out
+        self.state = ClientState.HEAD
+        if self._buf:  # pipelined bytes wait for this moment; usually there are none
+            self._pump_client(out)
+        return out
 
     def _read_response_head(self, ex: _Exchange, out: list[Action]) -> bool:
         rbuf = self._rbuf
@@ -411,7 +568,7 @@ class HttpSession:
                 raise BadUpstream("protocol switch before the request was complete")
             out.append(Emit(self._flow(ex, FlowVerdict.FORWARDED, rh.status, "RESPONSE")))
             _to_client(out, client_response_head(rh, None, close=False, switch=True))
-            out.append(StartTunnel())
+            out.append(START_TUNNEL)
             self.state, self.up_state = ClientState.TUNNEL, UpstreamState.TUNNEL
             if self._rbuf:
                 _to_client(out, bytes(self._rbuf))
@@ -489,12 +646,12 @@ class HttpSession:
             self._close(out)
 
     def _exchange_done(self, ex: _Exchange, out: list[Action]) -> None:
-        out.append(ReleaseUpstream(reusable=ex.reusable))
+        out.append(RELEASE_REUSABLE if ex.reusable else RELEASE_BROKEN)
         self._rbuf.clear()
         self._ex = None
         if self._close_after or self._client_eof:
             self.state = ClientState.CLOSED
-            out.append(Close(Side.CLIENT))
+            out.append(CLOSE_CLIENT)
             return
         self.state = ClientState.HEAD
         if self._buf:  # pipelined bytes wait for this moment; usually there are none

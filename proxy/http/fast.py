@@ -1,0 +1,102 @@
+"""Straight-line parsing for the dominant exchange (pure, no I/O).
+
+Contract: `plain_request(head, max_headers)` accepts only a request head that the full path
+(`wire.check_request_head` + `request.prepare_request`) would accept through its `plain`
+short path, and only when it is origin-form with a canonical target, a method llhttp frames
+natively (not CONNECT), HTTP/1.x, Host as the first field and no other field that request.py
+acts on; it returns what that path computes from it, or None, and then the caller runs the
+full path (which also names the precise error). `plain_response(head, max_headers)` does the
+same for an upstream response head with a final status other than 204/304 whose only
+framing or hop-by-hop field is one Content-Length: it returns (minor, status, reason,
+end-to-end fields, length) as `wire.parse_response_head` + `response.response_framing` see
+them, or None. Neither ever accepts what the full path refuses; test_fastpaths.py compares
+both with the full path on generated heads.
+
+How: one `findall` over the head both validates and splits it. Each alternative of the
+pattern matches one whole line in the strict grammar (wire.py's classes): the first line
+(anchored at the start) or a field line (anchored at a line start). Every match ends with
+CRLF and contains no other LF, so when the number of matches equals the number of LFs minus
+the final empty line, no LF is left outside a match; as every match starts at the string
+start or right after an LF, no byte is left outside one either: the head is exactly the
+first line, field lines and CRLF. A field the fast path does not handle (hop-by-hop or
+framing names, `proxy-*`, underscores in request names, a second Host) matches no
+alternative, so the count differs and the full path runs. Why: one C-level scan instead of
+a match, a split and per-field tests (tests/bench/test_http_core_bench.py).
+"""
+
+from __future__ import annotations
+
+import re
+from operator import itemgetter
+
+# Visible ASCII without '#'; in the path (before the first '?') no '%', no '\', and no '//'
+# or '/.': every segment but a final empty one starts with a character other than '/' and
+# '.'. normalize.normalize_origin returns exactly such a target unchanged; any other target
+# takes the full path, which normalizes or rejects it.
+_SEG_START = r"[\x21\x22\x24\x26-\x2d\x30-\x3e\x40-\x5b\x5d-\x7e]"
+_SEG_REST = r"[\x21\x22\x24\x26-\x2e\x30-\x3e\x40-\x5b\x5d-\x7e]*"
+_CANONICAL_TARGET_S = (r"/(?:" + _SEG_START + _SEG_REST + r"(?:/" + _SEG_START + _SEG_REST
+                       + r")*/?)?(?:\?[\x21\x22\x24-\x7e]*)?")
+_VALUE_S = r"[\t\x20-\x7e\x80-\xff]*"  # field-content, as in wire._FIELD_LINE_S
+_TOKEN_S = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # wire._TOKEN
+_TOKEN_NO_UNDERSCORE_S = r"[!#$%&'*+\-.^`|~0-9A-Za-z]+"  # request names: '_' is a 400
+
+# Request: request line with Host as the first field (one match), then field lines whose
+# name is none that request.py acts on (wire._NOT_PLAIN_S's set) nor Host. Groups: method,
+# target, minor, Host value, name, value.
+_PLAIN_REQUEST_S = re.compile(
+    r"\A(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (" + _CANONICAL_TARGET_S
+    + r") HTTP/1\.([01])\r\n(?i:host):(" + _VALUE_S + r")\r\n"
+    r"|^(?!(?i:transfer-encoding|content-length|connection|expect|upgrade|keep-alive|te"
+    r"|trailer|http2-settings|host):|(?i:proxy-))(" + _TOKEN_NO_UNDERSCORE_S + r"):("
+    + _VALUE_S + r")\r\n", re.MULTILINE)
+# Response: status line (200-599), a Content-Length line (digits only, at most 18 as
+# wire.parse_content_length wants), or a field line whose name is not hop-by-hop
+# (request.HOP_BY_HOP, proxy-*). Groups: minor, status, reason, length, name, value.
+_PLAIN_RESPONSE_S = re.compile(
+    r"\AHTTP/1\.([01]) ([2-5][0-9][0-9])(?: (" + _VALUE_S + r"))?\r\n"
+    r"|^(?i:content-length):[\t ]*([0-9]{1,18})[\t ]*\r\n"
+    r"|^(?!(?i:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+    r"|http2-settings|content-length|host):|(?i:proxy-))(" + _TOKEN_S + r"):(" + _VALUE_S
+    + r")\r\n", re.MULTILINE)
+_LENGTH = itemgetter(3)
+_OWS = " \t"
+_VERSION = {"0": "1.0", "1": "1.1"}
+
+PlainRequest = tuple[str, str, str, list[tuple[str, str]]]
+PlainResponse = tuple[int, str, str, str, int]
+
+
+def plain_request(head: bytes, max_headers: int) -> PlainRequest | None:
+    """(method, target, version, fields) or None. `fields` are (lower-case name, value
+    without surrounding OWS) with Host first, its value as sent (not yet lower-cased or
+    checked); the target is canonical: the one the full path decides on and forwards."""
+    text = head.decode("latin-1")
+    lines = _PLAIN_REQUEST_S.findall(text)
+    # the first match holds two lines (request line and Host); the last line is empty
+    if (not lines or len(lines) != text.count("\n") - 2 or not lines[0][0]
+            or len(lines) > max_headers):
+        return None
+    method, target, minor, host, _, _ = lines[0]
+    fields = [(name.lower(), value.strip(" \t")) for _, _, _, _, name, value in lines]
+    fields[0] = ("host", host.strip(" \t"))
+    return method, target, _VERSION[minor], fields
+
+
+def plain_response(head: bytes, max_headers: int) -> PlainResponse | None:
+    """(minor, status, reason, end-to-end field lines, length) or None. The field lines are
+    what response.client_response_head writes for the fields it keeps: `name: value` CRLF
+    each, lower-case name, value without surrounding OWS, in arrival order."""
+    text = head.decode("latin-1")
+    lines = _PLAIN_RESPONSE_S.findall(text)
+    n = len(lines)
+    if not n or n != text.count("\n") - 1 or not lines[0][1] or n - 1 > max_headers:
+        return None
+    minor, status, reason, _, _, _ = lines[0]
+    if status == "204" or status == "304":  # bodiless whatever the fields say
+        return None
+    fields = [f"{name.lower()}: {value.strip(_OWS)}\r\n" for _, _, _, _, name, value in lines
+              if name]
+    if n - len(fields) != 2:  # the status line and exactly one Content-Length
+        return None
+    return int(minor), status, reason, "".join(fields), int("".join(map(_LENGTH, lines)))
