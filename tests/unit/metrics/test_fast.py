@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -26,37 +27,48 @@ def _text(reg: CollectorRegistry) -> str:
     return _CREATED.sub(r"\1 <t>", generate_latest(reg).decode())
 
 
-@given(st.lists(st.tuples(LABELS, st.integers(min_value=0, max_value=5)), max_size=40))
-def test_counter_exposition_matches_prometheus_client(
-        bumps: list[tuple[tuple[str, str], int]]) -> None:
-    fast_reg, ref_reg = CollectorRegistry(), CollectorRegistry()
-    fast = FastCounter("x_requests_total", "Requests", ["method", "reporter"], registry=fast_reg)
-    ref = Counter("x_requests_total", "Requests", ["method", "reporter"], registry=ref_reg)
-    for labels, n in bumps:
-        fast.labels(*labels).inc(n)
-        ref.labels(*labels).inc(n)
+VALUES = st.one_of(st.sampled_from([*DEFAULT_BUCKETS[:-1], 0.0, 1e-9, 1e6]),
+                   st.floats(min_value=0, max_value=50, allow_nan=False))
+
+
+def _same_exposition(fast: Any, ref: Any, bumps: list[tuple[tuple[str, str], float]],
+                     method: str) -> None:
+    """Apply the same bumps to our family and to prometheus_client's, then compare."""
+    for labels, v in bumps:
+        getattr(fast.labels(*labels), method)(v)
+        getattr(ref.labels(*labels), method)(v)
     # children created but never bumped show as zeros in both
     fast.labels("GET", "server")
     ref.labels("GET", "server")
-    assert sorted(_text(fast_reg).splitlines()) == sorted(_text(ref_reg).splitlines())
+    assert sorted(_text(fast.registry).splitlines()) == sorted(_text(ref.registry).splitlines())
 
 
-VALUES = st.one_of(st.sampled_from([*DEFAULT_BUCKETS[:-1], 0.0, 1e-9, 1e6]),
-                   st.floats(min_value=0, max_value=50, allow_nan=False))
+class _On:
+    """A family and the registry it was registered on."""
+
+    def __init__(self, family: Any, registry: CollectorRegistry) -> None:
+        self.family, self.registry = family, registry
+
+    def labels(self, *values: str) -> Any:
+        return self.family.labels(*values)
+
+
+def _pair(fast_cls: Any, ref_cls: Any, name: str) -> tuple[_On, _On]:
+    fast_reg, ref_reg = CollectorRegistry(), CollectorRegistry()
+    return (_On(fast_cls(name, "Doc", ["method", "reporter"], registry=fast_reg), fast_reg),
+            _On(ref_cls(name, "Doc", ["method", "reporter"], registry=ref_reg), ref_reg))
+
+
+@given(st.lists(st.tuples(LABELS, st.integers(min_value=0, max_value=5)), max_size=40))
+def test_counter_exposition_matches_prometheus_client(
+        bumps: list[tuple[tuple[str, str], float]]) -> None:
+    _same_exposition(*_pair(FastCounter, Counter, "x_requests_total"), bumps, "inc")
 
 
 @given(st.lists(st.tuples(LABELS, VALUES), max_size=40))
 def test_histogram_exposition_matches_prometheus_client(
         obs: list[tuple[tuple[str, str], float]]) -> None:
-    fast_reg, ref_reg = CollectorRegistry(), CollectorRegistry()
-    fast = FastHistogram("x_seconds", "Latency", ["method", "reporter"], registry=fast_reg)
-    ref = Histogram("x_seconds", "Latency", ["method", "reporter"], registry=ref_reg)
-    for labels, v in obs:
-        fast.labels(*labels).observe(v)
-        ref.labels(*labels).observe(v)
-    fast.labels("POST", "client")
-    ref.labels("POST", "client")
-    assert sorted(_text(fast_reg).splitlines()) == sorted(_text(ref_reg).splitlines())
+    _same_exposition(*_pair(FastHistogram, Histogram, "x_seconds"), obs, "observe")
 
 
 def test_registry_lookup_and_same_child() -> None:

@@ -43,16 +43,22 @@ def _http_flows() -> list[Flow]:
     return flows
 
 
-def test_http_plans_match_the_general_path() -> None:
+def _fast_and_general(flows: list[Flow]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Observe `flows` twice through plans and through the general path on two registries;
+    both must hold the same samples (returned)."""
     fast_reg, slow_reg = CollectorRegistry(), CollectorRegistry()
     fast, slow = FlowMetrics(build_metrics(fast_reg)), FlowMetrics(build_metrics(slow_reg))
-    flows = _http_flows()
     for _ in range(2):  # first round builds the plans, second uses them
         for f in flows:
             fast.observe(f)
             slow._observe(f)
     a, b = _samples(fast_reg), _samples(slow_reg)
     assert a == b
+    return a
+
+
+def test_http_plans_match_the_general_path() -> None:
+    a = _fast_and_general(_http_flows())
     assert a[("hubble_http_requests_total", (("method", "GET"), ("protocol", "HTTP/1.1"),
                                              ("reporter", "client"), ("status", "200")))] > 0
 
@@ -73,15 +79,7 @@ def _dns_flows() -> list[Flow]:
 
 
 def test_dns_plans_match_the_general_path() -> None:
-    fast_reg, slow_reg = CollectorRegistry(), CollectorRegistry()
-    fast, slow = FlowMetrics(build_metrics(fast_reg)), FlowMetrics(build_metrics(slow_reg))
-    flows = _dns_flows()
-    for _ in range(2):  # first round builds the plans, second uses them
-        for f in flows:
-            fast.observe(f)
-            slow._observe(f)
-    a, b = _samples(fast_reg), _samples(slow_reg)
-    assert a == b
+    a = _fast_and_general(_dns_flows())
     assert a[("hubble_dns_responses_total", (("ips_returned", "10+"), ("qtypes", "A"),
                                              ("rcode", "No Error")))] > 0
     assert a[("hubble_drop_total", (("protocol", "DNS"), ("reason", "POLICY_DENIED")))] > 0
