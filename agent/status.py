@@ -51,7 +51,8 @@ def build_status(agent: Agent) -> dict[str, Any]:
         out["fqdn_cache"] = {"names": agent.fqdn.cache.name_count,
                              "ips": agent.fqdn.cache.ip_count,
                              "learned_total": agent.fqdn.learned_total,
-                             "expired_total": agent.fqdn.expired_total}
+                             "expired_total": agent.fqdn.expired_total,
+                             "refreshes_coalesced_total": agent.fqdn.coalesced_total}
     out["datapath"] = _datapath(agent, problems)
     out["healthy"] = not problems
     out["problems"] = problems

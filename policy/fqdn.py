@@ -121,6 +121,8 @@ class FqdnCache:
     """(endpoint_id, name) -> {ip -> expiry, last learned, ports, selectors}. Pure."""
 
     def __init__(self) -> None:
+        self.removals = 0  # bumped whenever an (endpoint, name, IP) leaves: callers that
+        # remember "already learned" must forget it then
         self._names: dict[tuple[int, str], dict[str, _IpState]] = {}
         self._by_ip: dict[tuple[int, str], set[str]] = {}
         # Merged view per (endpoint, IP), kept incrementally: one CDN IP may serve thousands
@@ -252,6 +254,7 @@ class FqdnCache:
             for ip in list(self._names[key]):
                 self._drop_ip(endpoint_id, key[1], ip)
         for ep, ip in [k for k in self._agg if k[0] == endpoint_id]:
+            self.removals += 1
             del self._agg[(ep, ip)]
             delta.removed.append((ep, ip))
         return delta
@@ -259,6 +262,7 @@ class FqdnCache:
     # --- shared bookkeeping ---------------------------------------------------------------
 
     def _drop_ip(self, endpoint_id: int, name: str, ip: str) -> None:
+        self.removals += 1
         ips = self._names[(endpoint_id, name)]
         del ips[ip]
         if not ips:
