@@ -49,14 +49,16 @@ async def start_dns_proxy(agent: Agent) -> tuple[DnsProxyServer, int]:
 
 
 def _stage_observer(agent: Agent) -> Any:
-    children: dict[Any, Any] = {}  # one histogram child per stage, looked up once
+    # one histogram child per stage, looked up once; keyed by the member's id because
+    # Enum.__hash__ is a Python-level call (four per DNS query otherwise)
+    children: dict[int, Any] = {}
 
     def observe(stage: Any, seconds: float) -> None:
-        child = children.get(stage)
+        child = children.get(id(stage))
         if child is None:
             if agent.metrics is None:
                 return
-            child = children[stage] = agent.metrics.upstream_reply.labels(
+            child = children[id(stage)] = agent.metrics.upstream_reply.labels(
                 error="allow", protocol_l7="dns", scope=_SCOPES.get(stage.value, "totalTime"))
         child.observe(seconds)
     return observe

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import functools
 import operator
 import random
 import struct
@@ -46,6 +47,7 @@ _QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: 
                 28: "AAAA", 33: "SRV", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of rule ids, one call per query
 def _policy_ref(rule_id: str | None) -> str:
     """"ns/name:egress[2]" -> "ns/name" (Hubble's *_allowed_by lists policies, not rules);
     "" for ids that name no policy ("default-deny")."""
