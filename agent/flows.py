@@ -154,7 +154,10 @@ def enrich_l7(flow: Flow, st: ClusterState, fqdn_names: Callable[[int, str], lis
     flow.destination = destination
     if not flow.traffic_direction:
         flow.traffic_direction = direction
-    if src_endpoint_id is not None and flow.dst_ip and not flow.destination_names:
+    # DNS names of the destination as the source learned them (toFQDNs). A DNS flow's peers
+    # are a pod and its DNS server, never a learned address: no lookup per query.
+    if (src_endpoint_id is not None and flow.dst_ip and not flow.destination_names
+            and flow.dns is None):
         flow.destination_names = fqdn_names(src_endpoint_id, flow.dst_ip)
     return flow
 
