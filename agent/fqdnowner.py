@@ -132,18 +132,18 @@ class FqdnOwner:
         delta = self.cache.learn(ep.endpoint_id, qname, ips_ttls, now, selectors,
                                  allow_private=self.allow_private, min_ttl=self.min_ttl_s,
                                  max_ips_per_name=self.max_ips_per_name, in_use=self.in_use)
+        shortest = min((max(ttl, self.min_ttl_s) for _, ttl in ips_ttls), default=0)
+        learned = (now, ips, now + shortest, self.cache.removals)
+        self.rejected_total += len(delta.rejected_ips)
+        if delta:
+            if self._apply(delta):  # raises if the map write fails: nothing is remembered
+                self._persist()  # a new IP, port set or removal: write through now
+            elif self._dirty_since is None:
+                self._dirty_since = self.clock()  # only TTLs moved: batched (flush())
+            self.learned_total += len(delta.added)
         if len(self._recent) >= RECENT_MAX:
             self._recent.clear()
-        shortest = min((max(ttl, self.min_ttl_s) for _, ttl in ips_ttls), default=0)
-        self._recent[recent_key] = (now, ips, now + shortest, self.cache.removals)
-        self.rejected_total += len(delta.rejected_ips)
-        if not delta:
-            return 0
-        if self._apply(delta):
-            self._persist()  # a new IP, port set or removal: write through now
-        elif self._dirty_since is None:
-            self._dirty_since = self.clock()  # only TTLs moved: batched (flush())
-        self.learned_total += len(delta.added)
+        self._recent[recent_key] = learned  # only once the datapath has it
         return len(delta.added)
 
     @staticmethod

@@ -105,3 +105,21 @@ def test_no_coalescing_without_a_grace_period_to_cover_it(owner: Owner) -> None:
     clock.t += 0.1
     assert fo.learn(FRONTEND, NAME, [(IP1, 60)]) == 1
     assert fo.coalesced_total == 0
+
+
+def test_a_failed_map_write_is_not_remembered(owner: Owner,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the datapath write fails, the next identical answer must try again at once."""
+    fo, clock, _ = owner
+    real_apply = fo._apply
+
+    def failing(*_args: object, **_kwargs: object) -> bool:
+        raise OSError("map full")
+
+    monkeypatch.setattr(fo, "_apply", failing)
+    with pytest.raises(OSError):
+        fo.learn(FRONTEND, NAME, [(IP1, 60)])
+    monkeypatch.setattr(fo, "_apply", real_apply)
+    clock.t += 0.1
+    assert fo.learn(FRONTEND, NAME, [(IP1, 60)]) == 1
+    assert fo.coalesced_total == 0
