@@ -38,7 +38,7 @@ KERNEL_EXPIRY_SLACK_S = 30.0
 # TTL promised. Why: learning an answer (name match, per-IP bookkeeping, map-write check) was
 # the largest cost of a DNS query that teaches IPs (py-spy under dnsperf in the sandbox).
 REFRESH_COALESCE_S = 1.0
-RECENT_MAX = 65536  # remembered (pod, name) answers; cleared when full
+RECENT_MAX = 16384  # remembered (pod, name) answers (names up to 255 chars); cleared when full
 PERSIST_DEBOUNCE_S = 1.0  # TTL refreshes reach the state file within this; new IPs at once
 MAX_PORT_RULES = 4  # what one l7g_fqdn_v1 value holds (L7G_FQDN_PORTS)
 

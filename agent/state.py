@@ -31,6 +31,8 @@ from policy.types import (
 
 NO_REDIRECT_RULE = "no-l7-redirect"  # traffic reached a proxy that no rule redirects: deny
 PLAN_CACHE_MAX = 65536  # distinct (src, dst, port, names) tuples remembered per state
+DNS_VERDICT_CACHE_MAX = 16384  # (pod, server, port, proto, name) verdicts per state; names are
+# attacker-chosen (up to 255 chars), so this stays a few MB when a pod sprays random names
 HttpPlan = tuple[tuple[Direction, Endpoint, Peer], ...]
 
 
@@ -196,7 +198,7 @@ class ClusterState:
         else:
             verdict = decide_dns(self.snapshot, src_ep, self.peer_str(key[1]), dport, qname,
                                  proto)
-        if len(self._dns_verdicts) >= PLAN_CACHE_MAX:
+        if len(self._dns_verdicts) >= DNS_VERDICT_CACHE_MAX:
             self._dns_verdicts.clear()
         self._dns_verdicts[key] = verdict
         return verdict

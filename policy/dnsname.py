@@ -24,7 +24,7 @@ MAX_LABEL_CHARS = 63  # RFC 1035 §2.3.4
 # Names checked (valid? matched by a pattern set?) are remembered: pods ask the same names
 # over and over, and each check runs for every query and again for every answer that teaches
 # IPs (is_valid_name ~1.5 µs, an RE2 call from Python ~3 µs).
-VALID_NAME_CACHE = 65536
+VALID_NAME_CACHE = 16384  # names of up to 255 chars: a few MB at most when a pod sprays names
 _PATTERN_CHARS = re.compile(r"[-a-zA-Z0-9_.*]+")  # fixed, trusted regex: stdlib is fine here
 _NAME_CHARS = re.compile(r"[-a-z0-9_]+(\.[-a-z0-9_]+)*\.|\.")
 _LABEL_RE = "[-a-zA-Z0-9_]"
