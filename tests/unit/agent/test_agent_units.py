@@ -70,6 +70,22 @@ def test_state_dns_decision_on_node1(cfg: AgentConfig) -> None:
     assert not st.decide_dns(A("10.244.2.10"), A("10.244.1.53"), 53, "x.com").is_allowed
 
 
+def test_dns_verdict_memo_agrees_and_stays_bounded(cfg: AgentConfig) -> None:
+    """Memoized verdicts equal fresh ones, and a pod spraying names cannot grow the memo
+    past its bound."""
+    from agent.state import DNS_VERDICT_CACHE_MAX
+    cfg.node_name = "node1"
+    st, _ = read_cluster_state(cfg, 1)
+    fresh, _ = read_cluster_state(cfg, 1)
+    for name in ("api.stripe.com", "x.internal.example.com", "evil.example.net", "a..b"):
+        first = st.decide_dns("10.244.1.10", "10.244.1.53", 53, name)
+        assert st.decide_dns("10.244.1.10", "10.244.1.53", 53, name) == first
+        assert fresh.decide_dns("10.244.1.10", "10.244.1.53", 53, name) == first
+    for i in range(DNS_VERDICT_CACHE_MAX + 10):
+        st.decide_dns("10.244.1.10", "10.244.1.53", 53, f"n{i}.spray.example.")
+        assert len(st._dns_verdicts) <= DNS_VERDICT_CACHE_MAX
+
+
 def test_broken_policy_on_reload_keeps_the_old_state(cfg: AgentConfig) -> None:
     agent = Agent(cfg)
     agent.state = agent._initial_state()
