@@ -456,9 +456,15 @@ class DnsProxyServer:
             except (BlockingIOError, InterruptedError):
                 budget.drained()
                 return
-            except OSError as exc:  # ICMP unreachable on a connected socket: timeouts answer
-                self.session.stats.upstream_errors["icmp"] += 1
+            except OSError as exc:
+                # An ICMP error (port or host unreachable) on a connected socket: the server
+                # is not there. The queries waiting on this socket fail now (SERVFAIL, so the
+                # pod's resolver moves on) instead of after the upstream timeout.
                 log.debug("upstream %s recv: %s", channel, exc)
+                failed = self.session.channel_closed(channel, "icmp")
+                if not failed:  # nothing was waiting: still count the event
+                    self.session.stats.upstream_errors["icmp"] += 1
+                execute(failed)
                 return
             execute(feed(channel, data))
         budget.used_up()

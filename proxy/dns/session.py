@@ -422,11 +422,13 @@ class DnsSession:
                 out += self._servfail(pending, "timeout")
         return out
 
-    def channel_closed(self, channel: Channel) -> list[Action]:
-        """A TCP upstream connection broke (or could not be opened): fail its queries now."""
+    def channel_closed(self, channel: Channel, kind: str = "connection") -> list[Action]:
+        """A TCP upstream connection broke (or could not be opened), or a UDP upstream
+        socket reported an ICMP error (kind "icmp": nothing listens there): every query
+        waiting on `channel` gets SERVFAIL now, not after the upstream timeout."""
         out: list[Action] = []
         for pending in list(self._tables.get(channel, {}).values()):
-            out += self._servfail(pending, "connection")
+            out += self._servfail(pending, kind)
         return out
 
     def upstream_send_failed(self, channel: Channel, data: bytes) -> list[Action]:

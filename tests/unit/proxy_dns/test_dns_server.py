@@ -216,6 +216,31 @@ def test_upstream_timeout_servfail_and_overload_refused(run: Run) -> None:
     run(main())
 
 
+def test_unreachable_upstream_answers_servfail_at_once(run: Run) -> None:
+    """An ICMP port unreachable from the server fails the query now, not after the
+    upstream timeout (30 s here; the test waits 5 s at most)."""
+    async def main() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()  # nothing listens there once this socket is closed
+        flows: list[Flow] = []
+        proxy = DnsProxyServer(("127.0.0.1", 0), decide, lambda *_: None, flows.append,
+                               transparent=False, origdst=lambda addr: closed,
+                               upstream_timeout_s=30.0)
+        await proxy.start()
+        try:
+            got = await udp_ask(proxy, raw_query(b"a", b"example", b"com", qid=9), timeout=5)
+            assert rcode(got) == wire.RCODE_SERVFAIL and got[:2] == b"\x00\x09"
+            assert proxy.stats.upstream_errors["icmp"] == 1
+            assert proxy.stats.upstream_errors["timeout"] == 0
+            # as for a timeout: the query was forwarded and its answer is our SERVFAIL
+            assert [(f.verdict, f.dns.rcode if f.dns else None) for f in flows] == [
+                (FlowVerdict.FORWARDED, wire.RCODE_SERVFAIL)]
+        finally:
+            await proxy.close()
+    run(main())
+
+
 def test_learn_max_delay_releases_answer(run: Run) -> None:
     async def main() -> None:
         async with Harness(learn_max_delay_s=0.05) as h:
