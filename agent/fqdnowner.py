@@ -171,8 +171,16 @@ class FqdnOwner:
         return len(delta.removed)
 
     def reapply(self) -> None:
-        """After a policy reload: ports/actions may have changed for learned IPs."""
-        self._apply(CacheDelta(added=self.cache.map_entries()), force=True)
+        """After a policy reload (or a restore under a changed policy): every learned name is
+        matched again against the new selectors (a name no rule selects any more loses its
+        IPs now; the others take the new ports), then every entry is rewritten, as actions
+        (allow / HTTP redirect) may have changed too."""
+        st = self._state()
+        delta = self.cache.reselect(lambda endpoint_id: self._selectors(st, endpoint_id))
+        self._apply(CacheDelta(added=self.cache.map_entries(), removed=delta.removed),
+                    force=True)
+        if delta:
+            self._persist()
 
     # --- the map ----------------------------------------------------------------------------
 

@@ -234,6 +234,31 @@ class FqdnCache:
             self._emit(endpoint_id, ips_touched, delta)
         return delta
 
+    def reselect(self, selectors_of: Callable[[int], Sequence[FqdnSelector]]) -> CacheDelta:
+        """After a policy change: match every learned name again against its endpoint's
+        selectors (`selectors_of(endpoint_id)`, [] for an endpoint that is gone). Names no
+        selector matches any more lose their IPs now, so a revoked toFQDNs rule stops
+        allowing at once (as Cilium drops a selector's identities), not when the TTL runs
+        out; the others take the new ports. Returns the map changes."""
+        delta = CacheDelta()
+        touched: dict[int, set[str]] = {}
+        for (endpoint_id, name), ips in list(self._names.items()):
+            matched = [s for s in selectors_of(endpoint_id) if s.matcher.matches(name)]
+            if not matched:
+                for ip in list(ips):
+                    self._drop_ip(endpoint_id, name, ip)
+                    touched.setdefault(endpoint_id, set()).add(ip)
+                continue
+            ports = frozenset().union(*(s.ports for s in matched))
+            rule_ids = frozenset(s.rule_id for s in matched if s.rule_id)
+            for ip, state in ips.items():
+                if state.ports != ports or state.selectors != rule_ids:
+                    state.ports, state.selectors = ports, rule_ids
+                    touched.setdefault(endpoint_id, set()).add(ip)
+        for endpoint_id, ips_touched in touched.items():
+            self._emit(endpoint_id, ips_touched, delta)
+        return delta
+
     def _remember_expired(self, endpoint_id: int, ip: str, name: str) -> None:
         key = (endpoint_id, ip)
         names = self._expired.pop(key, ())

@@ -199,3 +199,34 @@ def test_map_view_matches_deltas(ops: list[tuple[int, str, int, int, int]]) -> N
             for key in delta.removed:
                 view.pop(key, None)
     assert sorted(view.values(), key=lambda e: (e.endpoint_id, e.ip)) == c.map_entries()
+
+
+def test_reselect_revokes_unselected_names_and_takes_new_ports() -> None:
+    """A policy change: a name no selector matches any more loses its IPs at once (also
+    when another name keeps a shared IP, which keeps only that name's ports); names still
+    selected take the new ports; an endpoint that is gone loses everything."""
+    c = FqdnCache()
+    c.learn(1, "api.stripe.com", [("93.1.1.1", 300)], 0.0, SELS, allow_private=False)
+    c.learn(1, "www.example.com", [("93.1.1.2", 300), ("93.1.1.3", 300)], 0.0, SELS,
+            allow_private=False)
+    c.learn(1, "cdn.example.com", [("93.1.1.1", 300)], 0.0, SELS, allow_private=False)
+    c.learn(2, "api.stripe.com", [("93.1.1.9", 300)], 0.0, SELS, allow_private=False)
+    assert c.map_entries()[0] == FqdnMapEntry(1, "93.1.1.1", HTTPS | HTTP, 300.0)
+    removals = c.removals
+    # the STRIPE rule is removed and the wildcard now allows 8080; endpoint 2 is gone
+    wild_8080 = FqdnSelector(WILD.matcher, frozenset({(6, 8080, 8080)}), WILD.rule_id)
+    d = c.reselect(lambda ep: [wild_8080] if ep == 1 else [])
+    assert sorted(d.removed) == [(2, "93.1.1.9")]
+    assert sorted(d.added, key=lambda e: e.ip) == [
+        FqdnMapEntry(1, ip, frozenset({(6, 8080, 8080)}), 300.0)
+        for ip in ("93.1.1.1", "93.1.1.2", "93.1.1.3")]
+    assert c.lookup_names(1, "93.1.1.1") == ["cdn.example.com."]  # stripe's claim is gone
+    assert c.lookup_names(2, "93.1.1.9") == []
+    assert c.removals > removals  # callers that remember "learned" must forget
+    # nothing selects anything any more: every entry goes
+    d = c.reselect(lambda ep: [])
+    assert sorted(d.removed) == [(1, "93.1.1.1"), (1, "93.1.1.2"), (1, "93.1.1.3")]
+    assert c.map_entries() == [] and d.added == []
+    # unchanged policy: no map change at all
+    c.learn(1, "api.stripe.com", [("93.1.1.1", 300)], 0.0, SELS, allow_private=False)
+    assert not c.reselect(lambda ep: SELS)

@@ -123,3 +123,26 @@ def test_a_failed_map_write_is_not_remembered(owner: Owner,
     clock.t += 0.1
     assert fo.learn(FRONTEND, NAME, [(IP1, 60)]) == 1
     assert fo.coalesced_total == 0
+
+
+def test_reload_that_drops_a_name_revokes_its_ips_at_once(owner: Owner,
+                                                           cfg: AgentConfig) -> None:
+    """frontend may reach api.stripe.com and *.internal.example.com on 443; a reload that
+    keeps only the pattern, on 8443, must take api.stripe.com's IP out now (not after its
+    TTL) and move the other to 8443."""
+    fo, clock, states = owner
+    assert fo.learn(FRONTEND, "api.stripe.com", [("203.0.113.10", 300)]) == 1
+    assert fo.learn(FRONTEND, NAME, [(IP1, 300)]) == 1
+    policy = Path(cfg.policy_dir) / "frontend-egress.yaml"
+    policy.write_text(policy.read_text().replace("        - matchName: api.stripe.com\n", "")
+                      .replace('- ports: [{port: "443"}]', '- ports: [{port: "8443"}]'))
+    states.append(read_cluster_state(cfg, 2)[0])
+    fo.reapply()
+    ep = _endpoint_id(fo)
+    assert fo.cache.lookup_names(ep, "203.0.113.10") == []
+    assert [(e.ip, sorted(e.ports)) for e in fo.cache.map_entries()] == [
+        (IP1, [(0, 8443, 8443)])]  # no protocol given: any
+    # the coalescing memo does not bring the revoked name back
+    clock.t += 0.1
+    assert fo.learn(FRONTEND, "api.stripe.com", [("203.0.113.10", 300)]) == 0
+    assert fo.cache.lookup_names(ep, "203.0.113.10") == []
