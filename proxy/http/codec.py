@@ -11,6 +11,7 @@ alone. Only public APIs of h11 and httptools are used.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -90,6 +91,12 @@ class RequestCodec(Protocol):
         headers). True when the codec reads it the same way as one complete bodiless
         message. After False the codec may be in any state: the session replaces it."""
 
+    def close(self) -> None:
+        """The codec is done (connection closed, or replaced): drop whatever ties it in a
+        reference cycle, so that refcounting alone frees it. The agent freezes long-lived
+        objects out of the cyclic collector (agent/gctune.py); a cycle per connection would
+        pile up until its periodic full pass. Idempotent; nothing is fed afterwards."""
+
 
 class H11Codec:
     """h11 as a server for one request; `PAUSED` after the message is where we stop.
@@ -103,6 +110,9 @@ class H11Codec:
         self._max = max_head_bytes + 1
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max)
         self._fresh = True
+
+    def close(self) -> None:
+        """No cycle to break: h11's Connection holds no reference back to us."""
 
     def start(self) -> None:
         if not self._fresh:
@@ -212,6 +222,14 @@ class HttptoolsCodec:
         self._method = None
 
     # httptools callbacks -----------------------------------------------------------------
+    def close(self) -> None:
+        """llhttp's parser holds our bound callbacks and we hold the parser: break that
+        cycle (see RequestCodec.close). A closed codec is never fed again; if it were,
+        the AttributeError would cost that connection only (the server aborts it)."""
+        with contextlib.suppress(AttributeError):
+            del self._parser
+        self._fast = None
+
     def on_url(self, url: bytes) -> None:
         self._url += url
 

@@ -369,6 +369,8 @@ class _Client(asyncio.Protocol):
     def _teardown(self) -> None:
         self.closed = True
         self._release_upstream(False)
+        if self.session is not None:
+            self.session.release()  # no reference cycle outlives the connection
         srv = self.server
         srv.clients.discard(self)
         srv.stats.active_connections = len(srv.clients)

@@ -160,6 +160,11 @@ class HttpSession:
         self._host = ""
 
     # --- what the server looks at ---------------------------------------------------------
+    def release(self) -> None:
+        """The connection is gone: let refcounting free this session's objects (the codec
+        breaks its parser cycle). Nothing is fed afterwards."""
+        self._codec.close()
+
     @property
     def head_in_progress(self) -> bool:
         return self.state is ClientState.HEAD and bool(self._buf)
@@ -330,6 +335,7 @@ class HttpSession:
         # to the full path on a fresh codec, which sees exactly what it would have seen.
         codec = self._codec
         if not codec.feed_head(data, method, target, version, fields):
+            codec.close()
             self._codec = self._new_codec(limits.max_head_bytes)
             return None
         if host != host_raw:

@@ -290,3 +290,53 @@ def test_client_that_never_reads_its_403s_is_paused() -> None:
         w.close()
 
     run_scenario(scenario)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_closed_connections_are_freed_by_refcounting_alone(
+        codec: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent freezes long-lived objects out of the cyclic collector (agent/gctune.py),
+    so a connection's objects must not sit in a reference cycle once it is closed (the
+    llhttp parser holds its codec's callbacks): every codec is gone without gc.collect()."""
+    import gc
+    import weakref
+
+    from proxy.http import server as server_module
+
+    made: list[weakref.ref[object]] = []
+    real_factory = server_module.codec_factory
+
+    def recording_factory(name: str) -> Callable[[int], object]:
+        make = real_factory(name)
+
+        def wrapped(max_head_bytes: int) -> object:
+            c = make(max_head_bytes)
+            made.append(weakref.ref(c))
+            return c
+        return wrapped
+
+    monkeypatch.setattr(server_module, "codec_factory", recording_factory)
+
+    async def scenario(proxy: HttpProxyServer, origin: Origin, flows: list[Flow]) -> None:
+        for path in (b"/api/a", b"/admin", b"/api/b"):  # allowed, denied (403), allowed
+            r, w = await connect(proxy)
+            w.write(GET % path)
+            await w.drain()
+            await read_response(r)
+            w.close()
+            await w.wait_closed()
+        for _ in range(200):  # the proxy sees the close on its next loop turns
+            if not proxy.clients:
+                break
+            await asyncio.sleep(0.01)
+        del r, w
+        await asyncio.sleep(0.05)  # uvloop drops a closed transport's protocol a turn later
+        flows.clear()
+        assert len(made) >= 3 and not proxy.clients
+        assert [ref() for ref in made] == [None] * len(made)
+
+    gc.disable()
+    try:
+        run_scenario(scenario, codec)
+    finally:
+        gc.enable()
