@@ -180,6 +180,8 @@ def format_status(st: dict[str, Any]) -> str:
     lines.append(f"Flows:         {fl}")
     if "fqdn_cache" in st:
         lines.append(f"FQDN cache:    {st['fqdn_cache']}")
+    if "gc" in st:
+        lines.append(f"GC:            {st['gc']}")
     return "\n".join(lines)
 
 

@@ -97,6 +97,7 @@ class Agent:
         self.generation = 0
         self.last_reload: dict[str, Any] = {"result": "none"}
         self.ring = FlowRing(capacity=cfg.ring_capacity, on_lost=self._count_lost)
+        self.gc_policy: gctune.GcPolicy | None = None  # set once housekeeping runs
         self._bpf_lost_seen = 0  # ringbuf reservations the BPF side could not make
         self.datapath: Any = None
         self.events: Any = None
@@ -459,7 +460,7 @@ class Agent:
 
     async def _housekeeping(self) -> None:
         rounds = 0
-        gc_policy = gctune.GcPolicy(time.monotonic())
+        self.gc_policy = gc_policy = gctune.GcPolicy(time.monotonic())
         while True:
             await asyncio.sleep(FQDN_GC_INTERVAL_S)
             rounds += 1

@@ -53,6 +53,11 @@ def build_status(agent: Agent) -> dict[str, Any]:
                              "learned_total": agent.fqdn.learned_total,
                              "expired_total": agent.fqdn.expired_total,
                              "refreshes_coalesced_total": agent.fqdn.coalesced_total}
+    if agent.gc_policy is not None:
+        import gc
+        out["gc"] = {"frozen_objects": gc.get_freeze_count(),
+                     "full_passes": agent.gc_policy.full_passes,
+                     "last_full_pause_ms": round(agent.gc_policy.last_full_pause_s * 1e3, 1)}
     out["datapath"] = _datapath(agent, problems)
     out["healthy"] = not problems
     out["problems"] = problems

@@ -39,7 +39,7 @@ def test_tick_freezes_survivors_and_refcounting_still_frees_them() -> None:
 
 
 def test_full_pass_reclaims_frozen_cycles_and_keeps_live_objects() -> None:
-    policy = gctune.GcPolicy(now_s=0.0, full_interval_s=10.0)
+    policy = gctune.GcPolicy(now_s=0.0, full_interval_s=5.0, full_max_interval_s=10.0)
     a, b = _Node(), _Node()
     a.other, b.other = b, a  # a garbage cycle once the names go
     cycle = weakref.ref(a)
@@ -59,3 +59,21 @@ def test_start_up_sets_small_young_generations() -> None:
     gctune.start_up()
     assert gc.get_threshold() == gctune.THRESHOLDS
     assert gc.get_freeze_count() > 0
+
+
+def test_full_pass_only_when_frozen_objects_grew_or_at_the_max_interval() -> None:
+    policy = gctune.GcPolicy(now_s=0.0, full_interval_s=10.0, full_max_interval_s=100.0,
+                             growth_min=1_000)
+    policy.tick(1.0)
+    policy.tick(20.0)  # past the interval, nothing grew: no walk over the whole heap
+    assert policy.full_passes == 0
+    assert policy.baseline is not None
+    kept = [[i] for i in range(int(policy.baseline * 0.3) + 2_000)]  # frozen at next tick
+    policy.tick(21.0)
+    policy.tick(22.0)  # grown by over a quarter (+ growth_min) and past the interval
+    assert policy.full_passes == 1
+    policy.tick(23.0)  # the baseline moved with it: no second pass
+    assert policy.full_passes == 1
+    del kept
+    policy.tick(122.1)  # the max interval passed: a full pass whatever the growth
+    assert policy.full_passes == 2
