@@ -340,11 +340,10 @@ class HttpSession:
             return None
         if host != host_raw:
             fields[0] = ("host", host)
-        fwd = fields
         req = PreparedRequest(method, version, PROTOCOL[version],
-                              new_meta(method, target, host, tuple(fwd)),
+                              new_meta(method, target, host, tuple(fields)),
                               "".join(("http://", host, target)),
-                              serialise(method, target, fwd), BodyKind.NONE, 0,
+                              serialise(method, target, fields), BodyKind.NONE, 0,
                               version == "1.1", False, None, False)
         ex = _Exchange(req, codec, _NO_BODY, False, self._clock_ns())
         ex.codec_end = True
@@ -531,28 +530,14 @@ class HttpSession:
             self._rbuf += memoryview(data)[end:]
             self._read_response_body(ex, out, eof=False)
             return out
+        # The whole response is here: what _final_response + _read_response_body do, then
+        # the shared ending (_response_done: release or close, next pipelined request).
         ex.resp_started = True
-        ex.resp_done = True
-        self.up_state = UpstreamState.IDLE
-        c = self.conn
-        flow = http_flow(self._wall_ns(), FlowVerdict.FORWARDED, c.src_ip, c.dst_ip,
-                         c.src_port, c.dst_port, "RESPONSE", self._clock_ns() - ex.start_ns,
-                         "", HttpInfo(req.method, req.url, req.protocol, int(status), []))
+        ex.reusable = minor == 1
         head_b = head.encode("latin-1")
-        out = [Emit(flow), SendClient(head_b + data[end:] if length else head_b)]
-        if not ex.req_done:  # the origin answered before the request body ended: close
-            self._close(out)
-            return out
-        # _exchange_done
-        out.append(RELEASE_REUSABLE if minor == 1 else RELEASE_BROKEN)
-        self._ex = None
-        if self._close_after or self._client_eof:
-            self.state = ClientState.CLOSED
-            out.append(CLOSE_CLIENT)
-            return out
-        self.state = ClientState.HEAD
-        if self._buf:  # pipelined bytes wait for this moment; usually there are none
-            self._pump_client(out)
+        out = [Emit(self._flow(ex, FlowVerdict.FORWARDED, int(status), "RESPONSE")),
+               SendClient(head_b + data[end:] if length else head_b)]
+        self._response_done(ex, out)
         return out
 
     def _read_response_head(self, ex: _Exchange, out: list[Action]) -> bool:
