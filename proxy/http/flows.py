@@ -51,18 +51,8 @@ def _direct(time_ns: int, verdict: FlowVerdict, src_ip: str, dst_ip: str, src_po
     f.src_port = src_port
     f.dst_port = dst_port
     f.tcp_flags = []
-    f.source = src = _new(FlowEndpoint)  # two _endpoint() bodies, without the calls
-    src.identity = 0
-    src.namespace = ""
-    src.pod_name = ""
-    src.labels = []
-    src.ID = 0
-    f.destination = dst = _new(FlowEndpoint)
-    dst.identity = 0
-    dst.namespace = ""
-    dst.pod_name = ""
-    dst.labels = []
-    dst.ID = 0
+    f.source = _endpoint()
+    f.destination = _endpoint()
     f.drop_reason_desc = drop_reason_desc
     f.traffic_direction = ""
     f.node_name = ""
