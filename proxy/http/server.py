@@ -85,14 +85,10 @@ class _Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_data = True
-        owner = self.owner
-        if owner is None:  # an idle pooled connection must stay silent
+        if self.owner is not None:
+            self.owner.on_upstream_data(self, data)
+        else:  # an idle pooled connection must stay silent
             self.close()
-        elif owner.up is self and owner.session is not None:  # the usual response bytes
-            owner.last_activity = self.server.now
-            owner._execute(owner.session.feed_upstream, data)
-        else:
-            owner.on_upstream_data(self, data)
 
     def eof_received(self) -> bool:
         if self.owner is not None:
