@@ -11,7 +11,10 @@ What it measures (all traffic stays inside the sandbox's network namespaces):
    `--http-codec` (L7GATE_BENCH_CODECS, default `auto,httptools,h11`; `auto` is httptools when
    installed). Proxy CPU µs/request = Δ(utime+stime) of node2's agent (all its threads) or of
    haproxy / requests. Issue targets: c=64 req/s >= 0.8 x haproxy, p99 <= 1.5 x haproxy;
-   c=1 p50 added over direct <= 0.1 ms.
+   c=1 p50 added over direct <= 0.1 ms. Beside haproxy runs a reference row, "python floor":
+   tests/bench/pyfloor.py, the issue's mandatory per-request work (strict head grammar,
+   policy regex, re-serialised heads, a flow record) with no layering, i.e. the least a
+   Python design can spend per request; the gap between it and l7gate is ours to close.
 3. DNS proxy: dnsperf in frontend against kube-dns (dnsmasq), max rate (-c 1 -q 64) and
    fixed 5,000 q/s, without agents vs through node1's DNS proxy (reference policies,
    matchPattern "*"); p50/p99 from `dnsperf -v` per-query lines. Issue targets: >= 20,000 q/s;
@@ -41,6 +44,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
@@ -83,6 +87,9 @@ API = "default/my-api"
 DNS_POD = "kube-system/kube-dns"
 API_PORT = 8080
 HAPROXY_PORT = 18080  # on node2's underlay address; nothing else listens there
+FLOOR_PORT = 18090  # the bench-only Python floor forwarder (tests/bench/pyfloor.py), same place
+FLOOR_LABEL = "python floor (bench-only)"
+REPO = Path(__file__).resolve().parents[2]
 DNS_OUTSTANDING = 64  # brief: dnsperf -c 1 -q 64
 DNS_FIXED_QPS = 5000  # issue: latency target at 5,000 queries/s
 DNS_NAMES = ("api.stripe.com", "x.internal.example.com")
@@ -306,6 +313,21 @@ def _haproxy(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _pyfloor(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """tests/bench/pyfloor.py beside haproxy: what the least Python per request costs."""
+    argv = [sys.executable, "-m", "tests.bench.pyfloor", sb.node_ip("node2"), str(FLOOR_PORT),
+            sb.pod_ip(API), str(API_PORT)]
+    cmd, env = sb.command("node2", argv)
+    env["PYTHONPATH"] = str(REPO)
+    log = open(tmp_path / "pyfloor.log", "wb")  # closed below; Popen keeps its own fd
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+    finally:
+        log.close()
+    return proc
+
+
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
     results: list[WrkRun] = []
@@ -313,16 +335,24 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
     # (a) direct and (c) haproxy: one agent-less sandbox, interleaved per connection count
     sb = slot.up(agents=False)
     hap = _haproxy(sb, tmp_path)
+    floor = _pyfloor(sb, tmp_path)
     try:
         wait_listening(sb, "node2", HAPROXY_PORT, hap)
+        wait_listening(sb, "node2", FLOOR_PORT, floor)
         direct_url = f"http://{sb.pod_ip(API)}:{API_PORT}{path}"
         hap_url = f"http://{sb.node_ip('node2')}:{HAPROXY_PORT}{path}"
+        floor_url = f"http://{sb.node_ip('node2')}:{FLOOR_PORT}"
         assert _http_code(sb, CLIENT, hap_url) == 200
+        assert _http_code(sb, CLIENT, floor_url + path) == 200
+        assert _http_code(sb, CLIENT, floor_url + "/private") == 403
         for conns in CONCURRENCY:
             results.append(wrk(sb, CLIENT, direct_url, conns, RUN_S, "direct (no agent)"))
             results.append(wrk(sb, CLIENT, hap_url, conns, RUN_S, "haproxy",
                                {"proxy": hap.pid}))
+            results.append(wrk(sb, CLIENT, floor_url + path, conns, RUN_S, FLOOR_LABEL,
+                               {"proxy": floor.pid}))
     finally:
+        stop_popen(floor)
         stop_popen(hap)
         slot.close()
     # (b) l7gate's HTTP proxy on node2, one sandbox per codec
@@ -353,8 +383,7 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
                 ["setup", "conns", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/req (user+sys)",
                  "req/s vs direct", "p50 added ms", "req/s vs haproxy", "p99 vs haproxy"],
                 rows))
-    for codec in CODECS:
-        label = f"l7gate ({codec})"
+    for label in [FLOOR_LABEL, *(f"l7gate ({codec})" for codec in CODECS)]:
         r64, h64 = by[(label, 64)], by[("haproxy", 64)]
         r1, d1 = by[(label, 1)], by[("direct (no agent)", 1)]
         rps_r, p99_r, added = (_ratio(r64.rps, h64.rps), _ratio(r64.p99_ms, h64.p99_ms),
