@@ -3,6 +3,12 @@
 The BPF ring buffer and the proxies know addresses and numbers; users want pods, labels,
 policy names and DNS names. Everything that enriches a Flow happens here, from one
 `ClusterState`, so that `observe`, the export file and the metrics all see the same record.
+
+`enrich_l7(flow, st, fqdn_names)` finishes an eager proxy Flow; `bind_l7(flow, ...)` does
+the same for a `LazyFlow` (observe/flow.py) without building anything: it stores the same
+shared endpoint objects, node, direction and the DNS names looked up now (at emit time), so
+the flow materialised later equals the eager one (tests/unit/agent/test_lazy_flows.py).
+`emit_l7_flow` picks the right one.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Callable
 from typing import cast
 
 from agent.state import ClusterState
-from observe.flow import EventKind, Flow, FlowEndpoint, FlowVerdict
+from observe.flow import EventKind, Flow, FlowEndpoint, FlowVerdict, LazyFlow
 from policy.types import DropReason, Endpoint
 from redirect.events import DatapathEvent, TraceVerdict
 
@@ -172,3 +178,39 @@ def _enrich_parts(st: ClusterState, src_ip: str, dst_ip: str,
     src = st.local_endpoint_str(src_ip) if src_ip else None
     return (endpoint_json(st, src_ip, 0), endpoint_json(st, dst_ip, 0), direction,
             src.endpoint_id if src is not None else None)
+
+
+def bind_l7(flow: LazyFlow, st: ClusterState,
+            fqdn_names: Callable[[int, str], list[str]]) -> LazyFlow:
+    """`enrich_l7` for a lazy flow nobody read yet: the same values, bound without building.
+
+    Reads only the fields a LazyFlow producer sets (addresses, traffic_direction); a producer
+    never sets `destination_names`, so enrich_l7's "not already named" test always holds.
+    """
+    not_dns = flow.l7_protocol != "dns"
+    src_ip, dst_ip = flow.src_ip, flow.dst_ip
+    key = ("bind_l7", src_ip, dst_ip, not_dns)
+    cached = st.memo.get(key)
+    if cached is None:
+        source, destination, direction, src_id = _enrich_parts(st, src_ip, dst_ip, not_dns)
+        cached = ((st.node, source, destination), direction, src_id)
+        if len(st.memo) < MEMO_MAX:
+            st.memo[key] = cached
+    parts: _BindParts = cached  # type: ignore[assignment]  # (not cast(): a call per flow)
+    flow._bound, direction, src_endpoint_id = parts
+    if not flow.traffic_direction:
+        flow.traffic_direction = direction
+    if src_endpoint_id is not None and dst_ip and not_dns:
+        flow._names = fqdn_names(src_endpoint_id, dst_ip)
+    return flow
+
+
+_BindParts = tuple[tuple[str, FlowEndpoint, FlowEndpoint], str, "int | None"]
+
+
+def emit_l7_flow(flow: Flow, st: ClusterState,
+                 fqdn_names: Callable[[int, str], list[str]]) -> Flow:
+    """The agent's L7 step before publishing: bind a lazy flow, enrich an eager one."""
+    if isinstance(flow, LazyFlow) and not flow._done:
+        return bind_l7(flow, st, fqdn_names)
+    return enrich_l7(flow, st, fqdn_names)

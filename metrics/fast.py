@@ -13,6 +13,11 @@ counters and four histograms that way (measured with tests/bench/test_bench_obse
 see the README's performance table). Here a bump is an attribute add and a histogram
 observation one `bisect`.
 
+Children are plain records: metrics/flows.py replays per-flow plans by bumping
+`CounterChild.value` and `HistogramChild.counts[...]`/`.sum` in place, exactly as `inc(1)` /
+`observe(v)` would (no Python call per child); a change to what those methods do must be
+mirrored there (test_flow_metric_plans.py compares the two).
+
 Threading: every bump comes from the agent's event-loop thread. The scrape runs on the
 metrics server's thread and reads snapshots (`list(dict.values())`, a child's fields), each
 atomic under the GIL: a scrape concurrent with a bump sees it or not, never a torn value.

@@ -19,14 +19,18 @@ forwarded one only as its response flow, so a response also counts the request i
 `l7gate_flow_ring_lost_total` when the source is the ring).
 HTTP and DNS flows (one per request / query) take a fast path: the children a flow bumps are
 computed once per distinct label-relevant key by running the general path with recorders,
-then replayed (test_flow_metric_plans.py pins that both paths count the same).
+then replayed (test_flow_metric_plans.py pins that both paths count the same). For a
+`LazyFlow` the key is its `metric_key()`, read without building the flow (the plan for a new
+key is built from that flow materialised; test_lazy_flows.py compares with eager flows).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
+from metrics.fast import CounterChild, HistogramChild
 from metrics.registry import (
     DNS_IPS_CAP,
     LOST_SOURCES,
@@ -40,7 +44,7 @@ from metrics.registry import (
     rcode_label,
     status_label,
 )
-from observe.flow import EventKind, Flow, FlowVerdict
+from observe.flow import EventKind, Flow, FlowVerdict, LazyFlow
 
 
 def flow_type_labels(flow: Flow) -> tuple[str, str]:
@@ -81,7 +85,10 @@ def _drop_protocol(flow: Flow) -> str:
 # but the raw values in the key are not, so the plan cache is bounded; past it, the slow path.
 PLAN_MAX = 4096
 
-_FlowPlan = tuple[tuple[Callable[[], None], ...], Callable[[float], None] | None]
+# (fast.py counter children bumped in place, other children's inc, a fast.py histogram child
+# observed in place, another child's observe)
+_FlowPlan = tuple[tuple[CounterChild, ...], tuple[Callable[[], None], ...],
+                  HistogramChild | None, Callable[[float], None] | None]
 
 
 def _http_key(flow: Flow) -> tuple[object, ...]:
@@ -109,17 +116,25 @@ class _Recorder:
 
     def inc(self, amount: float = 1) -> None:
         assert amount == 1
-        self.plan.incs.append(self.child.inc)
+        if type(self.child) is CounterChild:
+            self.plan.counters.append(self.child)
+        else:
+            self.plan.incs.append(self.child.inc)
 
     def observe(self, value: float) -> None:
-        self.plan.observe = self.child.observe
+        if type(self.child) is HistogramChild:
+            self.plan.hist = self.child
+        else:
+            self.plan.observe = self.child.observe
 
 
 class _Plan:
-    __slots__ = ("incs", "observe")
+    __slots__ = ("counters", "hist", "incs", "observe")
 
     def __init__(self) -> None:
+        self.counters: list[CounterChild] = []
         self.incs: list[Callable[[], None]] = []
+        self.hist: HistogramChild | None = None
         self.observe: Callable[[float], None] | None = None
 
 
@@ -140,7 +155,11 @@ class FlowMetrics:
         return child
 
     def observe(self, flow: Flow) -> None:
-        if flow.http is not None and flow.dns is None:
+        if isinstance(flow, LazyFlow):
+            # the key straight from what the producer set: the flow is not built for metrics
+            # (the plan for a new key is built from it materialised, once per key)
+            key = flow.metric_key()
+        elif flow.http is not None and flow.dns is None:
             key = _http_key(flow)
         elif flow.dns is not None and flow.http is None:
             key = _dns_key(flow)
@@ -150,10 +169,17 @@ class FlowMetrics:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._build_plan(flow, key)
-        incs, observe = plan
+        counters, incs, hist, observe = plan
+        # fast.py children are bumped in place (its contract allows it: same thread)
+        for child in counters:
+            child.value += 1
         for inc in incs:
             inc()
-        if observe is not None:
+        if hist is not None:
+            value = flow.latency_ns / 1e9
+            hist.counts[bisect_left(hist.bounds, value)] += 1
+            hist.sum += value
+        elif observe is not None:
             observe(flow.latency_ns / 1e9)
 
     def _build_plan(self, flow: Flow, key: tuple[object, ...]) -> _FlowPlan:
@@ -161,7 +187,7 @@ class FlowMetrics:
         cannot disagree), and keep what it bumped."""
         rec = _Plan()
         _PlanBuilder(self, rec)._observe(flow)
-        plan = (tuple(rec.incs), rec.observe)
+        plan = (tuple(rec.counters), tuple(rec.incs), rec.hist, rec.observe)
         if len(self._plans) < PLAN_MAX:
             self._plans[key] = plan
         return plan

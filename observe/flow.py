@@ -4,6 +4,10 @@ Field names follow Hubble's flow.proto JSON (`time`, `verdict`, `drop_reason_des
 `destination`, `IP`, `l4`, `l7`, `traffic_direction`, `node_name`, `Summary`, ...) so that
 users' jq filters written for `hubble observe -o json` keep working. `to_json()` gives the
 dict under `{"flow": ...}`; `Flow.from_json()` reads it back (for `--input-file`).
+
+`LazyFlow` is a `Flow` whose fields are derived on first read: the proxies emit one per
+request / query and most are never read (the ring evicts them unseen; metrics need only a
+few fields). Its contract is in its docstring.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -237,6 +241,115 @@ class Flow:
             denied_by=[_policy_unref(p) for p in d.get(f"{pre}_denied_by", [])],
             summary=d.get("Summary", ""),
         )
+
+
+# Flow's slots as (name, member descriptor): `LazyFlow` tests and fills them directly, under
+# its own properties.
+_FLOW_SLOTS: tuple[tuple[str, Any], ...] = tuple(
+    (f.name, Flow.__dict__[f.name]) for f in fields(Flow))
+
+# The fields every LazyFlow producer sets directly (plain slots: the ring, `since`, the
+# emitter and the metrics read them per flow at slot speed). Every other field of a LazyFlow
+# is a property that materialises the flow on first read.
+LAZY_EAGER_FIELDS = ("time_ns", "verdict", "kind", "src_ip", "dst_ip", "traffic_direction",
+                     "l7_type", "latency_ns", "drop_reason_desc")
+
+
+class LazyFlow(Flow):
+    """A `Flow` whose other fields are built on first read (one per proxied request/query).
+
+    Contract:
+    - A producer creates it without `__init__` (`object.__new__`), sets `_done = False` and
+      the LAZY_EAGER_FIELDS, keeps the rest of what it knows in its own slots, and implements
+      `_reference()`: the Flow its eager builder gives for the same values (that builder
+      stays the reference; the lazy class never re-implements it). It sets no other field.
+    - The emitter may bind, before anything read the flow, `_bound = (node_name, source,
+      destination)` and `_names` (destination_names) as it would have set them on an eager
+      flow, and update the eager fields (traffic_direction). Anything time-dependent is
+      captured then, at emit, never at read (agent/flows.py `bind_l7`).
+    - Any other field may be assigned at any time (the DNS session sets `denied_by` after
+      `_flow`); assigned values are kept, as on an eager Flow.
+    - The first read of a field that is still unset (attribute access, `to_json`, `==`,
+      `repr`, filters, printers, the exporter) materialises the flow ONCE: `_reference()` is
+      built, `_bound`/`_names` applied to it, and every unset field copied from it; `_done`
+      then reads True. From then on it is a plain Flow in all but its class; equality
+      compares field values with any Flow.
+    - `metric_key()` (without materialising): a hashable value such that two flows with
+      equal keys bump exactly the same metric children (metrics/flows.py replays one plan per
+      key); it contains the class, and reads only eager fields and the producer's slots.
+    Materialising from two threads at once computes equal values twice (harmless: each field
+    is one atomic store, and the reference depends only on what was captured).
+    Why not `__getattr__`: a type with one loses CPython 3.11's specialised attribute loads
+    for every attribute, eager ones included (~2x the cost of the whole emit path).
+    """
+
+    __slots__ = ("_bound", "_done", "_names")
+    _bound: tuple[str, FlowEndpoint, FlowEndpoint]
+    _done: bool
+    _names: list[str]
+    l7_protocol = ""  # "http" | "dns": which of `http` / `dns` `_reference()` fills
+
+    def _reference(self) -> Flow:
+        raise NotImplementedError
+
+    def metric_key(self) -> tuple[object, ...]:
+        raise NotImplementedError
+
+    def materialise(self) -> Flow:
+        """Fill every unset field (see the class doc); returns self."""
+        if self._done:
+            return self
+        ref = self._reference()
+        bound = _get_or_none(self, _BOUND)
+        if bound is not None:
+            ref.node_name, ref.source, ref.destination = bound
+        names = _get_or_none(self, _NAMES)
+        if names is not None:
+            ref.destination_names = names
+        for _name, slot in _FLOW_SLOTS:
+            try:
+                slot.__get__(self, Flow)
+            except AttributeError:
+                slot.__set__(self, slot.__get__(ref, Flow))
+        self._done = True
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Flow):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name, _ in _FLOW_SLOTS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like Flow
+
+
+_BOUND: Any = LazyFlow.__dict__["_bound"]
+_NAMES: Any = LazyFlow.__dict__["_names"]
+
+
+def _get_or_none(obj: object, slot: Any) -> Any:
+    try:
+        return slot.__get__(obj, type(obj))
+    except AttributeError:
+        return None
+
+
+def _lazy_field(slot: Any) -> property:
+    def get(self: LazyFlow) -> Any:
+        try:
+            return slot.__get__(self, Flow)
+        except AttributeError:
+            self.materialise()
+            return slot.__get__(self, Flow)
+
+    def put(self: LazyFlow, value: Any) -> None:
+        slot.__set__(self, value)
+
+    return property(get, put)
+
+
+for _name, _slot in _FLOW_SLOTS:
+    if _name not in LAZY_EAGER_FIELDS:
+        setattr(LazyFlow, _name, _lazy_field(_slot))
 
 
 # Cilium's monitor message types (pkg/monitor/api/types.go), as real Hubble exports carry them.
