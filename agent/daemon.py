@@ -22,16 +22,16 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from agent import gctune
 from agent.endpoints import ClusterEndpoints, load_endpoints
-from agent.flows import enrich_l7, flow_from_event
+from agent.flows import bind_l7, enrich_l7, flow_from_event
 from agent.fqdnowner import FqdnOwner
 from agent.state import PLAN_CACHE_MAX, ClusterState
 from observe.api import ApiServer
 from observe.export import FlowExporter
-from observe.flow import Flow
+from observe.flow import Flow, LazyFlow
 from observe.ring import FlowRing
 from policy.compile import PolicySnapshot, compile_policies
 from policy.errors import ConfigError, L7gateError, PolicyError
@@ -297,7 +297,7 @@ class Agent:
     # --- flows ----------------------------------------------------------------------------------
 
     def publish(self, flow: Flow) -> None:
-        """The one sink of every flow: ring, export file, metrics."""
+        """The one sink of every flow: ring, export file, metrics (`emit_l7` inlines it)."""
         self.ring.push(flow)
         if self.exporter is not None:
             self.exporter.offer(flow)
@@ -338,7 +338,23 @@ class Agent:
                                          expired))
 
     def emit_l7(self, flow: Flow) -> None:
-        self.publish(enrich_l7(flow, self.current(), self._fqdn_names))
+        """The proxies' sink (one call per request / query): a lazy flow is bound to the
+        state and names of now (agent/flows.py), never built here; then `publish`, inlined."""
+        st = self.state or self.current()
+        if isinstance(flow, LazyFlow) and not flow._done:
+            bind_l7(flow, st, self._fqdn_names)
+            self.ring.push(flow)
+            if self.exporter is not None:
+                self.exporter.offer(flow)
+            if self.flow_metrics is not None:
+                self.flow_metrics.observe(flow)
+            return
+        enrich_l7(flow, st, self._fqdn_names)
+        self.ring.push(flow)
+        if self.exporter is not None:
+            self.exporter.offer(flow)
+        if self.flow_metrics is not None:
+            self.flow_metrics.observe(flow)
 
     # --- proxy callbacks --------------------------------------------------------------------------
 
@@ -353,9 +369,11 @@ class Agent:
                                              fqdns)
         return verdict
 
+    # The three DNS callbacks run once per query each: `self.state or self.current()` reads
+    # the state without a call (current() only raises when there is none).
+
     def decide_dns(self, conn: Any, qname: str) -> Verdict:
-        proto = Proto.TCP if getattr(conn, "proto", "UDP") == "TCP" else Proto.UDP
-        return self.current().decide_dns(conn.src_ip, conn.dst_ip, conn.dst_port, qname, proto)
+        return (self.state or self.current()).decide_dns_conn(conn, qname)
 
     def learn_dns(self, conn: Any, qname: str, ips_ttls: list[tuple[str, int]]) -> None:
         """Synchronous on purpose: the map write is a few syscalls, and returning None tells
@@ -366,14 +384,15 @@ class Agent:
     def upstream_mark(self, conn: Any) -> int:
         """The SO_MARK of the proxy's upstream socket: the source's identity (memoized per
         state and source address; asked once per DNS query)."""
-        st = self.current()
+        st = self.state or self.current()
         key = ("upstream_mark", conn.src_ip)
         mark = st.memo.get(key)
-        if mark is None:
-            mark = int(proxy_upstream_mark(st.peer_str(conn.src_ip).identity.id))
-            if len(st.memo) < PLAN_CACHE_MAX:
-                st.memo[key] = mark
-        return cast(int, mark)
+        if isinstance(mark, int):  # not typing.cast: a Python-level call on every query
+            return mark
+        mark = int(proxy_upstream_mark(st.peer_str(conn.src_ip).identity.id))
+        if len(st.memo) < PLAN_CACHE_MAX:
+            st.memo[key] = mark
+        return mark
 
     # --- status -------------------------------------------------------------------------------
 

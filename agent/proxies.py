@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from proxy.dns.server import DnsProxyServer
+from proxy.dns.session import Stage
 from proxy.http.server import HttpProxyServer
 
 if TYPE_CHECKING:
@@ -42,10 +43,24 @@ async def start_dns_proxy(agent: Agent) -> tuple[DnsProxyServer, int]:
         transparent=transparent,
         upstream_mark=agent.upstream_mark if transparent else None,
         reject_rcode=cfg.dns_reject,
-        on_stage=_stage_observer(agent),
+        **_stage_kwargs(agent),
     )
     await server.start()
     return server, server.address[1]
+
+
+def _stage_kwargs(agent: Agent) -> dict[str, Any]:
+    """The DNS proxy's stage histograms: each stage's histogram child handed over directly
+    (the session calls its `observe`, no wrapper: ~1.9k instructions less per observation,
+    four per query, callgrind). Metrics are set up in `Agent.prepare`, before the proxies
+    start; without them (tests), the lazy wrapper below looks the children up once they exist."""
+    if agent.metrics is None:
+        return {"on_stage": _stage_observer(agent)}
+    family = agent.metrics.upstream_reply
+    return {"stage_observers": {
+        stage: family.labels(error="allow", protocol_l7="dns",
+                             scope=_SCOPES.get(stage.value, "totalTime")).observe
+        for stage in Stage}}
 
 
 def _stage_observer(agent: Agent) -> Any:

@@ -5,16 +5,19 @@ the identity table, the local endpoints, and everything the datapath and the pro
 (policy-map entries per endpoint, enforcement, FQDN selectors, peers by IP). A reload
 builds a new one; if that fails the old one stays (STYLE.md §3). The proxies call the
 `decide_*` methods, which evaluate the snapshot of the state current at that moment.
+HTTP decisions are memoized per state on exact keys (HttpDecider per connection pair, then
+the verdict per request part the rules read), so a memo hit is what evaluation would give.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.endpoints import ClusterEndpoints, PodEntry
 from policy.compile import FqdnRule, PolicySnapshot
-from policy.engine import decide_dns, decide_http, decide_l4
+from policy.engine import L7Plan, decide_dns, decide_http_plan, decide_l4, l7_plan
 from policy.identity import IdentityTable, NodeInfo, build_identities
 from policy.types import (
     DatapathEntry,
@@ -34,6 +37,50 @@ PLAN_CACHE_MAX = 65536  # distinct (src, dst, port, names) tuples remembered per
 DNS_VERDICT_CACHE_MAX = 16384  # (pod, server, port, proto, name) verdicts per state; names are
 # attacker-chosen (up to 255 chars), so this stays a few MB when a pod sprays random names
 HttpPlan = tuple[tuple[Direction, Endpoint, Peer], ...]
+HTTP_VERDICT_CACHE_MAX = 16384  # (connection pair, request) verdicts per state
+# Requests whose method, path, host and rule-read header values exceed this many characters
+# are decided without the memo: they are attacker-chosen, and this keeps a full memo at a
+# few MB (16384 x ~0.5 KB); the usual request is far shorter (the README's `/api/users`).
+HTTP_VERDICT_KEY_MAX = 512
+
+
+class HttpDecider:
+    """How the requests of one (source, destination, port, destination names) are decided:
+    the local sides of `http_plan` with their L7 plans (engine.l7_plan), in order; `fixed`
+    when no request can change the answer (no side redirects, or the plans' fixed verdicts
+    settle it); `headers`, the only header names any side's rules read."""
+
+    __slots__ = ("fixed", "headers", "sides")
+
+    def __init__(self, sides: tuple[tuple[Direction, L7Plan], ...],
+                 fixed: tuple[Verdict, Direction] | None) -> None:
+        self.sides = sides
+        self.headers = frozenset().union(*(plan.http_headers for _, plan in sides))
+        if fixed is None:
+            for _, plan in sides:
+                if plan.fixed is None:
+                    break  # this side's rules look at the request
+                if not plan.fixed.is_allowed:
+                    fixed = self.decide(_ANY_REQUEST)  # denied here whatever the request
+                    break
+            else:
+                fixed = self.decide(_ANY_REQUEST)  # every side allows any request
+        self.fixed = fixed
+
+    def decide(self, meta: HttpRequestMeta) -> tuple[Verdict, Direction]:
+        """Every side must allow; the first that denies decides (egress before ingress)."""
+        verdict, direction = None, Direction.EGRESS
+        for direction, plan in self.sides:
+            verdict = decide_http_plan(plan, meta)
+            if not verdict.is_allowed:
+                return verdict, direction
+        if verdict is None:
+            raise ValueError("an HttpDecider without sides needs its fixed verdict")
+        return verdict, direction
+
+
+_ANY_REQUEST = HttpRequestMeta("GET", "/", "")  # for plans that read no part of a request
+_PROTO_TCP, _PROTO_UDP = Proto.TCP, Proto.UDP  # hoisted: enum attribute lookups are slow
 
 
 @dataclass(frozen=True)
@@ -45,6 +92,13 @@ class ClusterState:
     local: tuple[PodEntry, ...]
     pods_by_ip: dict[ipaddress.IPv4Address, Endpoint] = field(repr=False)
     generation: int = 0
+    # Per-state memos of how a connection's requests are decided (HttpDecider) and of the
+    # verdicts for (decider, method, path, host, headers the rules read): exact keys of
+    # everything decide_http_plan reads, so a hit is the answer a fresh evaluation gives.
+    _http_deciders: dict[tuple[str, str, int, frozenset[str]], HttpDecider] = field(
+        default_factory=dict, repr=False, compare=False)
+    _http_verdicts: dict[tuple[object, ...], tuple[Verdict, Direction]] = field(
+        default_factory=dict, repr=False, compare=False)
     # Per-state memo of which sides of a connection the proxy must decide, and for whom;
     # the state is immutable, so entries never go stale (a reload builds a new state).
     _plans: dict[tuple[str, str, int, frozenset[str]], HttpPlan] = field(
@@ -173,17 +227,46 @@ class ClusterState:
         Traffic that no local rule redirects is denied: the proxy never forwards what it
         was not asked to judge (fail closed).
         """
-        plan = self.http_plan(str(src_ip), str(dst_ip), dport, dst_fqdns)
-        if not plan:
-            src_local = self.local_endpoint_str(str(src_ip)) is not None
-            return (Verdict(Decision.DENIED, NO_REDIRECT_RULE, DropReason.POLICY_DENIED),
-                    Direction.EGRESS if src_local else Direction.INGRESS)
-        verdict = None
-        for direction, local, peer in plan:
-            verdict = decide_http(self.snapshot, direction, local, peer, dport, meta)
-            if not verdict.is_allowed:
-                return verdict, direction
-        return verdict, direction  # type: ignore[return-value]  # plan is non-empty
+        decider = self.http_decider(str(src_ip), str(dst_ip), dport, dst_fqdns)
+        if decider.fixed is not None:
+            return decider.fixed
+        if decider.headers:
+            seen = tuple([kv for kv in meta.headers if kv[0] in decider.headers])
+            key: tuple[object, ...] = (decider, meta.method, meta.path, meta.host, seen)
+            size = sum(len(v) for _, v in seen)
+        else:
+            key, size = (decider, meta.method, meta.path, meta.host), 0
+        found = self._http_verdicts.get(key)
+        if found is not None:
+            return found
+        found = decider.decide(meta)
+        if size + len(meta.method) + len(meta.path) + len(meta.host) <= HTTP_VERDICT_KEY_MAX:
+            if len(self._http_verdicts) >= HTTP_VERDICT_CACHE_MAX:
+                self._http_verdicts.clear()
+            self._http_verdicts[key] = found
+        return found
+
+    def http_decider(self, src_ip: str, dst_ip: str, dport: int,
+                     dst_fqdns: frozenset[str] = frozenset()) -> HttpDecider:
+        """`http_plan` with each side's L7 plan resolved, memoized per state."""
+        key = (src_ip, dst_ip, dport, dst_fqdns)
+        decider = self._http_deciders.get(key)
+        if decider is not None:
+            return decider
+        plan = self.http_plan(src_ip, dst_ip, dport, dst_fqdns)
+        if plan:
+            decider = HttpDecider(tuple(
+                (direction, l7_plan(self.snapshot, direction, local, peer, Proto.TCP, dport))
+                for direction, local, peer in plan), None)
+        else:
+            src_local = self.local_endpoint_str(src_ip) is not None
+            decider = HttpDecider((), (
+                Verdict(Decision.DENIED, NO_REDIRECT_RULE, DropReason.POLICY_DENIED),
+                Direction.EGRESS if src_local else Direction.INGRESS))
+        if len(self._http_deciders) >= PLAN_CACHE_MAX:
+            self._http_deciders.clear()
+        self._http_deciders[key] = decider
+        return decider
 
     def decide_dns(self, src_ip: ipaddress.IPv4Address | str,
                    server_ip: ipaddress.IPv4Address | str, dport: int, qname: str,
@@ -202,6 +285,17 @@ class ClusterState:
             self._dns_verdicts.clear()
         self._dns_verdicts[key] = verdict
         return verdict
+
+    def decide_dns_conn(self, conn: Any, qname: str) -> Verdict:
+        """`decide_dns` for the DNS proxy's connection tuple (`src_ip`, `dst_ip`, `dst_port`,
+        `proto` "UDP" | "TCP"): the verdict memo is read with no conversion first (once per
+        query; the str() calls and the enum lookup cost about as much as the hit itself)."""
+        proto = _PROTO_TCP if getattr(conn, "proto", "UDP") == "TCP" else _PROTO_UDP
+        src_ip, dst_ip, dport = conn.src_ip, conn.dst_ip, conn.dst_port
+        verdict = self._dns_verdicts.get((src_ip, dst_ip, dport, proto, qname))
+        if verdict is not None:
+            return verdict
+        return self.decide_dns(src_ip, dst_ip, dport, qname, proto)
 
     def peer_str(self, ip: str) -> Peer:
         """`peer` (without DNS names) for a string address, memoized."""

@@ -5,7 +5,9 @@
   redirect (egress of the local source pod or ingress of the local destination pod).
   Allowed iff no deny rule matches and some allowing rule for that peer/port either has no
   L7 rules (wildcard L7, §6) or has an HTTP rule matching the request. The per
-  (endpoint, direction, port, peer) union of rules is built once per snapshot (cached).
+  (endpoint, direction, port, peer) union of rules is built once per snapshot (cached);
+  `l7_plan` returns that plan and `decide_http_plan(plan, meta)` decides on it, reading only
+  the request's method, path, host and the headers named in `plan.http_headers`.
 - `decide_dns`: one query to a DNS server on a redirected port, same logic with names.
 - `trace`: both sides of a flow, L3/L4/L7, as a JSON-ready dict.
 When a direction is not enforced (every rule selecting the endpoint there has
@@ -59,34 +61,39 @@ def decide_l4(snapshot: PolicySnapshot, direction: Direction, local: Endpoint, p
 
 
 @dataclass(frozen=True, slots=True)
-class _L7Plan:
+class L7Plan:
     """Precomputed answer for one (endpoint, direction, port, peer)."""
 
     fixed: Verdict | None  # deny, or allow-any: no per-request work
     http: tuple[tuple[str, tuple[HttpRule, ...]], ...] = ()
     dns: tuple[tuple[str, NameMatcher], ...] = ()
+    # The header names any of `http`'s rules looks at: with method, path and host, the
+    # only parts of a request `decide_http_plan` reads (callers key verdict memos on them).
+    http_headers: frozenset[str] = frozenset()
 
 
-def _plan(fm: FlowMatch) -> _L7Plan:
+def _plan(fm: FlowMatch) -> L7Plan:
     denied = _deny_verdict(fm)
     if denied is not None:
-        return _L7Plan(denied)
+        return L7Plan(denied)
     if not fm.allows:  # host (allow-localhost) or a direction without default deny
         which = ALLOW_LOCALHOST if fm.peer_is_host and fm.enforced else DEFAULT_ALLOW
-        return _L7Plan(Verdict(ALLOWED, which))
+        return L7Plan(Verdict(ALLOWED, which))
     for rule, port_rules in fm.allows:
         if not port_rules or any(not pr.has_l7 for pr in port_rules):
-            return _L7Plan(Verdict(ALLOWED, rule.rule_id))  # wildcard L7 for this peer (§6)
+            return L7Plan(Verdict(ALLOWED, rule.rule_id))  # wildcard L7 for this peer (§6)
     if not fm.enforced:
-        return _L7Plan(Verdict(ALLOWED, DEFAULT_ALLOW))  # conflict 1: follow current main
+        return L7Plan(Verdict(ALLOWED, DEFAULT_ALLOW))  # conflict 1: follow current main
     http = tuple((r.rule_id, tuple(h for pr in prs if pr.http for h in pr.http))
                  for r, prs in fm.allows if any(pr.http is not None for pr in prs))
     dns = tuple((r.rule_id, pr.dns) for r, prs in fm.allows for pr in prs if pr.dns is not None)
-    return _L7Plan(None, http, dns)
+    headers = frozenset(name for _, rules in http for rule in rules for name in rule.header_names)
+    return L7Plan(None, http, dns, headers)
 
 
-def _cached_plan(snapshot: PolicySnapshot, direction: Direction, local: Endpoint, peer: Peer,
-                 proto: Proto, dport: int) -> _L7Plan:
+def l7_plan(snapshot: PolicySnapshot, direction: Direction, local: Endpoint, peer: Peer,
+            proto: Proto, dport: int) -> L7Plan:
+    """The L7 plan of one (endpoint, direction, peer, proto, port), cached per snapshot."""
     # the identity of `local` is a function of its namespace and labels (cheap to hash)
     key = (local.namespace, local.labels, direction, dport, proto, peer.identity.labels,
            peer.fqdns)
@@ -99,7 +106,12 @@ def _cached_plan(snapshot: PolicySnapshot, direction: Direction, local: Endpoint
 
 def decide_http(snapshot: PolicySnapshot, direction: Direction, local: Endpoint, peer: Peer,
                 dport: int, meta: HttpRequestMeta) -> Verdict:
-    plan = _cached_plan(snapshot, direction, local, peer, Proto.TCP, dport)
+    return decide_http_plan(l7_plan(snapshot, direction, local, peer, Proto.TCP, dport), meta)
+
+
+def decide_http_plan(plan: L7Plan, meta: HttpRequestMeta) -> Verdict:
+    """`decide_http` once the plan is known (the proxy keeps plans per connection pair).
+    Reads meta's method, path, host and only the headers named in `plan.http_headers`."""
     if plan.fixed is not None:
         return plan.fixed
     for rule_id, rules in plan.http:
@@ -115,7 +127,7 @@ def decide_http(snapshot: PolicySnapshot, direction: Direction, local: Endpoint,
 def decide_dns(snapshot: PolicySnapshot, local: Endpoint, server: Peer, dport: int, qname: str,
                proto: Proto = Proto.UDP) -> Verdict:
     """One DNS query of `local` (egress) to `server`; qname is normalized here."""
-    plan = _cached_plan(snapshot, Direction.EGRESS, local, server, proto, dport)
+    plan = l7_plan(snapshot, Direction.EGRESS, local, server, proto, dport)
     if plan.fixed is not None:
         return plan.fixed
     name = normalize_name(qname)

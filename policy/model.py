@@ -97,6 +97,11 @@ class HttpRule:
     header_matches: tuple[HeaderMatch, ...]
     text: str  # for trace output
 
+    @property
+    def header_names(self) -> frozenset[str]:
+        """Every header name `matches` may read (no other header can change its answer)."""
+        return frozenset([n for n, _ in self.headers] + [hm.name for hm in self.header_matches])
+
     def matches(self, meta: HttpRequestMeta) -> bool:
         if self.method is not None and not self.method.fullmatch(meta.method):
             return False

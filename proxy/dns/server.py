@@ -15,7 +15,8 @@ decision lives in `proxy/dns/session.py`. IPv4 only (the sandbox and the datapat
 - Upstream: pooled sockets per `Channel` (server, transport, SO_MARK, index), multiplexed by
   rewritten DNS ID; UDP sockets are connected (the kernel drops datagrams from other
   sources), TCP connections are opened on demand and kept.
-- `learn` is awaited before an answer with IPs is released, bounded by `learn_max_delay_s`
+- `learn` (called by the session itself, inline learning) is awaited when it returns an
+  awaitable, before an answer with IPs is released, bounded by `learn_max_delay_s`
   (Cilium `--tofqdns-proxy-response-max-delay`, 100 ms); on timeout the answer goes anyway
   and `stats.learn_timeouts` counts it (the update itself keeps running, shielded).
 Non-transparent mode (unprivileged tests, benchmarks) listens on a normal socket and asks the
@@ -28,7 +29,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
 from observe.flow import Flow
@@ -75,6 +76,7 @@ _QUERY_RECV_BYTES = wire.MAX_QUERY_BYTES + 1  # one byte more so oversized queri
 BIND_ATTEMPTS = 32  # port-0 retries when the UDP port is taken for TCP
 SO_MARK = getattr(socket, "SO_MARK", 36)
 _new = tuple.__new__  # the C NamedTuple constructor (see proxy/dns/session.py)
+_IPPROTO_IP, _ORIGDSTADDR = socket.IPPROTO_IP, _origdst.IP_ORIGDSTADDR
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -138,6 +140,7 @@ class DnsProxyServer:
         max_inflight_per_client: int = DEFAULT_MAX_INFLIGHT_PER_CLIENT,
         learn_max_delay_s: float = LEARN_MAX_DELAY_S,
         on_stage: Callable[[Stage, float], None] | None = None,
+        stage_observers: Mapping[Stage, Callable[[float], None]] | None = None,
         tcp_idle_timeout_s: float = TCP_IDLE_TIMEOUT_S,
     ) -> None:
         if not transparent and origdst is None:
@@ -153,7 +156,8 @@ class DnsProxyServer:
             decide, clock_ns=time.monotonic_ns, wall_ns=time.time_ns,
             upstream_mark=upstream_mark, reject_rcode=reject_rcode,
             upstream_timeout_s=upstream_timeout_s, max_inflight=max_inflight,
-            max_inflight_per_client=max_inflight_per_client, on_stage=on_stage)
+            max_inflight_per_client=max_inflight_per_client, on_stage=on_stage,
+            stage_observers=stage_observers, learn=learn)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: socket.socket | None = None
         self._bound: tuple[str, int] = ("", 0)
@@ -246,21 +250,24 @@ class DnsProxyServer:
     # --- executing actions ------------------------------------------------------------------
 
     def _execute(self, actions: list[Action]) -> None:
-        # isinstance chain, most frequent first: a `match` with class patterns costs ~2x.
+        # Exact-type tests (`is`, no call), most frequent first: ten isinstance() calls per
+        # query before. The action types are final NamedTuples; anything else is a bug.
         for action in actions:
-            if isinstance(action, Emit):
+            kind = type(action)
+            if kind is Emit:
                 try:
-                    self._emit(action.flow)
+                    self._emit(action.flow)  # type: ignore[union-attr]
                 except Exception:  # the sink is someone else's code: log, count, go on
                     self.emit_errors += 1
                     log.exception("DNS flow sink failed")
-            elif isinstance(action, SendClient):
-                self._send_client(action.client, action.info, action.data)
-            elif isinstance(action, SendUpstream):
-                self._send_upstream(action.channel, action.data)
-            elif isinstance(action, Learn):
-                self._start_learn(action)
-            elif not isinstance(action, Drop):
+            elif kind is SendClient:
+                self._send_client(action.client, action.info,  # type: ignore[union-attr]
+                                  action.data)  # type: ignore[union-attr]
+            elif kind is SendUpstream:
+                self._send_upstream(action.channel, action.data)  # type: ignore[union-attr]
+            elif kind is Learn:
+                self._start_learn(action)  # type: ignore[arg-type]
+            elif kind is not Drop:
                 raise RuntimeError(f"unexpected action {action!r}")
 
     def _send_client(self, client: object, info: DnsConnInfo, data: bytes) -> None:
@@ -268,11 +275,15 @@ class DnsProxyServer:
             if isinstance(client, _TcpClient):
                 client.send(data)
             return
-        sock = self._reply_socket(info) if self._transparent else self._udp
+        if self._transparent:
+            # info[2:4] is (dst_ip, dst_port), the reply socket's key; the cached hit inline
+            sock = self._reply_socks.get(info[2:4]) or self._reply_socket(info)
+        else:
+            sock = self._udp
         if sock is None:
             return
         try:
-            sock.sendto(data, (info.src_ip, info.src_port))
+            sock.sendto(data, info[:2])  # (src_ip, src_port)
         except OSError as exc:  # EAGAIN under overload, unreachable pod: UDP may drop
             self.send_errors += 1
             log.debug("reply to %s:%d failed: %s", info.src_ip, info.src_port, exc)
@@ -355,19 +366,26 @@ class DnsProxyServer:
             budget -= 1
 
     def _start_learn(self, action: Learn) -> None:
-        try:
-            pending = self._learn(action.info, action.qname, action.ips)
-        except Exception:  # the datapath writer is someone else's code: fail open in time
-            log.exception("learning %s failed", action.qname)
-            self._execute(self.session.learn_done(action.token, failed=True))
-            return
-        if pending is None:  # synchronous map update: already done
-            self._execute(self.session.learn_done(action.token))
+        # The session called learn already (inline learning) when `waiting` is set.
+        pending = action.waiting if action.waiting is not None else self._learn_now(action)
+        if pending is None:
             return
         assert self._loop is not None
         task = self._loop.create_task(self._await_learn(action.token, pending))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _learn_now(self, action: Learn) -> Awaitable[None] | None:
+        """Run `learn` for a Learn the session did not run itself (no inline learning)."""
+        try:
+            pending = self._learn(action.info, action.qname, action.ips)
+        except Exception:  # the datapath writer is someone else's code: fail open in time
+            log.exception("learning %s failed", action.qname)
+            self._execute(self.session.learn_done(action.token, failed=True))
+            return None
+        if pending is None:  # synchronous map update: already done
+            self._execute(self.session.learn_done(action.token))
+        return pending
 
     async def _await_learn(self, token: int, pending: Awaitable[None]) -> None:
         timed_out = failed = False
@@ -396,6 +414,7 @@ class DnsProxyServer:
         budget = self._listen_budget
         if self._transparent:
             recvmsg = sock.recvmsg
+            dst_cache, bound = self._dst_cache, self._bound
             for _ in range(budget.n):
                 try:
                     data, anc, _flags, src = recvmsg(_QUERY_RECV_BYTES, _origdst.ANCDATA_BYTES)
@@ -405,8 +424,14 @@ class DnsProxyServer:
                 except OSError as exc:
                     log.debug("UDP listener recv: %s", exc)
                     return
-                dst = self._udp_original_dst(anc)
-                if dst is None or dst == self._bound:
+                # The memoized original destination inline (the only cmsg the listener asks
+                # for); anything else goes through _udp_original_dst, which checks it all.
+                cmsg = anc[0] if len(anc) == 1 else None
+                dst = (dst_cache.get(cmsg[2]) if cmsg is not None and cmsg[0] == _IPPROTO_IP
+                       and cmsg[1] == _ORIGDSTADDR else None)
+                if dst is None:
+                    dst = self._udp_original_dst(anc)
+                if dst is None or dst == bound:
                     # No original destination, or the pod addressed the proxy itself
                     # (forwarding would loop): fail closed.
                     self.session.stats.malformed_queries += 1

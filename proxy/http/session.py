@@ -10,48 +10,44 @@ grammar and re-framed for the client. Only a 101 (or a 2xx to CONNECT) for a req
 policy allowed switches the connection to a byte tunnel.
 
 The dominant exchange (one plain bodiless request head per read, a Content-Length response
-whose head arrives in one read) takes `_fast_request` / `_fast_response`: the same checks,
-codec cross-check, decision and output as the full path (fast.py says which heads qualify;
-anything else, or any doubt, runs the full path). test_fastpaths.py and the whole-vs-byte-
-wise session tests hold both paths to the same actions.
+whose head arrives in one read) takes session_fast.py's `fast_request` / `fast_response`:
+the same checks, codec cross-check, decision and output as the full path (fast.py says
+which heads qualify; anything else, or any doubt, runs the full path), with a memo of the
+last head of each direction. test_fastpaths.py and the whole-vs-byte-wise session tests
+hold both paths to the same actions. States and the per-request record live in exchange.py.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from observe.flow import Flow, FlowVerdict, HttpInfo
+from observe.flow import Flow, FlowVerdict
 from policy.errors import ProtocolStateError
 from policy.types import Decision, DropReason, HttpRequestMeta, Verdict
 from proxy.http.actions import (
     Action,
-    Close,
     ConnInfo,
     Emit,
     HttpProxyStats,
-    ReleaseUpstream,
     SendClient,
     SendUpstream,
-    Side,
-    StartTunnel,
 )
-from proxy.http.codec import CodecBody, CodecEnd, CodecEvent, CodecFactory, CodecHead, RequestCodec
-from proxy.http.fast import plain_request, plain_response
-from proxy.http.flows import http_flow
+from proxy.http.codec import CodecBody, CodecEnd, CodecEvent, CodecFactory, CodecHead
+from proxy.http.exchange import (
+    CLOSE_CLIENT,
+    RELEASE_BROKEN,
+    RELEASE_REUSABLE,
+    START_TUNNEL,
+    ClientState,
+    Exchange,
+    UpstreamState,
+)
+from proxy.http.flows import lazy_http_flow
 from proxy.http.limits import MAX_CHUNK_LINE_BYTES, HttpLimits
-from proxy.http.request import (
-    AUTHORITY,
-    PROTOCOL,
-    BodyKind,
-    PreparedRequest,
-    new_meta,
-    prepare_request,
-    serialise,
-)
+from proxy.http.request import BodyKind, prepare_request
 from proxy.http.response import ResponseFraming, client_response_head, response_framing
+from proxy.http.session_fast import RequestMemo, ResponseMemo, fast_request, fast_response
 from proxy.http.wire import (
     LAST_CHUNK,
     REASONS,
@@ -70,12 +66,6 @@ log = logging.getLogger(__name__)
 
 Decide = Callable[[ConnInfo, HttpRequestMeta], Verdict]
 
-# Actions that carry no per-request value: one shared (frozen) instance each.
-RELEASE_REUSABLE = ReleaseUpstream(reusable=True)
-RELEASE_BROKEN = ReleaseUpstream(reusable=False)
-CLOSE_CLIENT = Close(Side.CLIENT)
-START_TUNNEL = StartTunnel()
-
 
 def _to_client(out: list[Action], data: bytes) -> None:
     """Append, merging with a directly preceding SendClient: one write (one segment) for a
@@ -91,42 +81,6 @@ def _to_upstream(out: list[Action], data: bytes) -> None:
         out[-1] = SendUpstream(out[-1].data + data)
     else:
         out.append(SendUpstream(data))
-
-
-class ClientState(enum.Enum):
-    HEAD = "head"  # waiting for (or reading) a request head
-    BODY = "body"  # reading a request body (forwarding it, or draining a denied one)
-    WAIT = "wait"  # request complete; its response is pending, later bytes are buffered
-    TUNNEL = "tunnel"  # protocol switched: bytes are spliced
-    CLOSED = "closed"  # terminal
-
-
-class UpstreamState(enum.Enum):
-    IDLE = "idle"
-    HEAD = "head"
-    BODY = "body"
-    TUNNEL = "tunnel"
-
-
-_NO_BODY = LengthDecoder(0)  # done from the start: never fed, shared by bodiless requests
-
-
-@dataclass(slots=True)
-class _Exchange:
-    req: PreparedRequest
-    codec: RequestCodec
-    decoder: LengthDecoder | ChunkedDecoder
-    forward: bool
-    start_ns: int
-    codec_body: int = 0
-    codec_end: bool = False
-    body_bytes: int = 0
-    req_done: bool = False
-    resp_done: bool = False
-    resp_started: bool = False  # part of a final response went to the client
-    resp: ResponseFraming | None = None
-    reusable: bool = True
-    retried: bool = False
 
 
 class HttpSession:
@@ -151,13 +105,16 @@ class HttpSession:
         self.pending = self._buf
         self._scan = 0
         self._rbuf = bytearray()
-        self._ex: _Exchange | None = None
+        self._ex: Exchange | None = None
         self._close_after = False
         self._client_eof = False
         # The fast path's per-connection cache: the last Host value seen and its
         # validated lower-case form (clients repeat it on every request).
         self._host_raw: str | None = None
         self._host = ""
+        # The fast paths' memo of the last plain head of each direction (session_fast.py).
+        self._req_memo: RequestMemo | None = None
+        self._resp_memo: ResponseMemo | None = None
 
     # --- what the server looks at ---------------------------------------------------------
     def release(self) -> None:
@@ -185,7 +142,7 @@ class HttpSession:
         if not data:
             return self._on_client_eof(out)
         if self.state is ClientState.HEAD and not self._buf and data.endswith(b"\r\n\r\n"):
-            fast = self._fast_request(data)
+            fast = fast_request(self, data)
             if fast is not None:
                 return fast
         self._buf += data
@@ -202,7 +159,7 @@ class HttpSession:
             return self._close(out)
         ex = self._ex
         if self.up_state is UpstreamState.HEAD and ex is not None and data and not self._rbuf:
-            fast = self._fast_response(ex, data)
+            fast = fast_response(self, ex, data)
             if fast is not None:
                 return fast
         if ex is None or not ex.forward or self.up_state is UpstreamState.IDLE:
@@ -304,70 +261,13 @@ class HttpSession:
             decoder = ChunkedDecoder(MAX_CHUNK_LINE_BYTES, limits.max_head_bytes)
         else:
             decoder = LengthDecoder(req.length)
-        ex = _Exchange(req, codec, decoder, False, self._clock_ns())
+        ex = Exchange(req, codec, decoder, False, self._clock_ns())
         if len(events) > 1:
             self._codec_events(ex, events[1:])
         self._start_exchange(ex, out)
         return True
 
-    def _fast_request(self, data: bytes) -> list[Action] | None:
-        """`data` is exactly one complete request head with nothing after it (the usual
-        read). When it is a plain origin-form request (fast.plain_request), do what
-        `_read_head` + `_start_exchange` + `_read_body` do for it, with the same checks and
-        the same actions, without the intermediate values. None: nothing was changed and
-        the caller runs the full path (which also names any error)."""
-        limits = self._limits
-        if len(data) > limits.max_head_bytes:
-            return None
-        plain = plain_request(data, limits.max_headers)
-        if plain is None:
-            return None
-        method, target, version, fields = plain
-        host_raw = fields[0][1]
-        if host_raw == self._host_raw:  # the same Host as the last request: checked then
-            host = self._host
-        else:
-            host = host_raw.lower()
-            if not AUTHORITY.fullmatch(host):
-                return None
-            self._host_raw, self._host = host_raw, host
-        # The codec reads the same bytes; anything but one agreeing bodiless message goes
-        # to the full path on a fresh codec, which sees exactly what it would have seen.
-        codec = self._codec
-        if not codec.feed_head(data, method, target, version, fields):
-            codec.close()
-            self._codec = self._new_codec(limits.max_head_bytes)
-            return None
-        if host != host_raw:
-            fields[0] = ("host", host)
-        req = PreparedRequest(method, version, PROTOCOL[version],
-                              new_meta(method, target, host, tuple(fields)),
-                              "".join(("http://", host, target)),
-                              serialise(method, target, fields), BodyKind.NONE, 0,
-                              version == "1.1", False, None, False)
-        ex = _Exchange(req, codec, _NO_BODY, False, self._clock_ns())
-        ex.codec_end = True
-        try:
-            verdict = self._decide(self.conn, req.meta)
-        except Exception:  # fail closed, as _verdict does
-            verdict = self._decide_failed()
-        if verdict.decision is not Decision.FORWARDED:
-            out: list[Action] = []
-            self._apply_verdict(ex, verdict, out)
-            if self.state is ClientState.BODY:
-                self._read_body(out)
-            return out
-        self._stats.requests["forwarded"] += 1
-        ex.forward = True
-        ex.req_done = True
-        self._ex = ex
-        if version != "1.1":
-            self._close_after = True
-        self.up_state = UpstreamState.HEAD
-        self.state = ClientState.WAIT
-        return [SendUpstream(req.upstream_head)]
-
-    def _codec_events(self, ex: _Exchange, events: list[CodecEvent]) -> None:
+    def _codec_events(self, ex: Exchange, events: list[CodecEvent]) -> None:
         for ev in events:
             if isinstance(ev, CodecBody) and not ex.codec_end:
                 ex.codec_body += ev.size
@@ -387,10 +287,10 @@ class HttpSession:
         self._stats.decide_errors += 1
         return Verdict(Decision.DENIED, rule_id="decide-error", reason=DropReason.POLICY_DENIED)
 
-    def _start_exchange(self, ex: _Exchange, out: list[Action]) -> None:
+    def _start_exchange(self, ex: Exchange, out: list[Action]) -> None:
         self._apply_verdict(ex, self._verdict(ex.req.meta), out)
 
-    def _apply_verdict(self, ex: _Exchange, verdict: Verdict, out: list[Action]) -> None:
+    def _apply_verdict(self, ex: Exchange, verdict: Verdict, out: list[Action]) -> None:
         req = ex.req
         self._ex = ex
         if not req.keep_alive:
@@ -452,7 +352,7 @@ class HttpSession:
         self._request_done(ex, out)
         return True
 
-    def _request_done(self, ex: _Exchange, out: list[Action]) -> None:
+    def _request_done(self, ex: Exchange, out: list[Action]) -> None:
         ex.req_done = True
         if not ex.forward:
             self._ex = None
@@ -493,54 +393,13 @@ class HttpSession:
         return out
 
     # --- upstream side --------------------------------------------------------------------
-    def _pump_upstream(self, ex: _Exchange, out: list[Action]) -> None:
+    def _pump_upstream(self, ex: Exchange, out: list[Action]) -> None:
         while self.up_state is UpstreamState.HEAD and self._read_response_head(ex, out):
             pass
         if self.up_state is UpstreamState.BODY:
             self._read_response_body(ex, out, eof=False)
 
-    def _fast_response(self, ex: _Exchange, data: bytes) -> list[Action] | None:
-        """The first bytes of a response: when its head is complete and plain
-        (fast.plain_response: a final status, one Content-Length, nothing hop-by-hop), do
-        what `_read_response_head` + `_read_response_body` (+ `_exchange_done`) do, with the
-        same output. None: nothing was changed and the caller runs the full path."""
-        req = ex.req
-        if req.method == "HEAD" or req.is_connect:
-            return None
-        end = data.find(b"\r\n\r\n") + 4
-        if end == 3:
-            return None
-        plain = plain_response(data if end == len(data) else data[:end],
-                               self._limits.max_headers)
-        if plain is None:
-            return None
-        minor, status, reason, fields, length = plain
-        # client_response_head's output for this head: same fields in the same order and
-        # spelling, then our Content-Length (and Connection: close when the client goes)
-        if self._close_after:
-            head = (f"HTTP/1.1 {status} {reason}\r\n{fields}content-length: {length}\r\n"
-                    "connection: close\r\n\r\n")
-        else:
-            head = f"HTTP/1.1 {status} {reason}\r\n{fields}content-length: {length}\r\n\r\n"
-        if len(data) - end != length:  # partial (or too long): the general body path
-            out: list[Action] = []
-            self._final_response(ex, out, int(status),
-                                 ResponseFraming(LengthDecoder(length), False, length, False,
-                                                 minor == 1), head.encode("latin-1"))
-            self._rbuf += memoryview(data)[end:]
-            self._read_response_body(ex, out, eof=False)
-            return out
-        # The whole response is here: what _final_response + _read_response_body do, then
-        # the shared ending (_response_done: release or close, next pipelined request).
-        ex.resp_started = True
-        ex.reusable = minor == 1
-        head_b = head.encode("latin-1")
-        out = [Emit(self._flow(ex, FlowVerdict.FORWARDED, int(status), "RESPONSE")),
-               SendClient(head_b + data[end:] if length else head_b)]
-        self._response_done(ex, out)
-        return out
-
-    def _read_response_head(self, ex: _Exchange, out: list[Action]) -> bool:
+    def _read_response_head(self, ex: Exchange, out: list[Action]) -> bool:
         rbuf = self._rbuf
         end = rbuf.find(b"\r\n\r\n")
         if end == -1:
@@ -580,7 +439,7 @@ class HttpSession:
                                                   switch=False))
         return False
 
-    def _final_response(self, ex: _Exchange, out: list[Action], status: int,
+    def _final_response(self, ex: Exchange, out: list[Action], status: int,
                         framing: ResponseFraming, client_head: bytes) -> None:
         ex.resp = framing
         ex.reusable = framing.upstream_reusable
@@ -589,7 +448,7 @@ class HttpSession:
         _to_client(out, client_head)
         self.up_state = UpstreamState.BODY
 
-    def _read_response_body(self, ex: _Exchange, out: list[Action], *, eof: bool) -> None:
+    def _read_response_body(self, ex: Exchange, out: list[Action], *, eof: bool) -> None:
         fr = ex.resp
         if fr is None:
             raise ProtocolStateError(f"response body without head in state {self.up_state.name}")
@@ -628,7 +487,7 @@ class HttpSession:
                 ex.reusable = False  # extra bytes after the response: do not trust this conn
             self._response_done(ex, out)
 
-    def _response_done(self, ex: _Exchange, out: list[Action]) -> None:
+    def _response_done(self, ex: Exchange, out: list[Action]) -> None:
         ex.resp_done = True
         self.up_state = UpstreamState.IDLE
         if ex.req_done:
@@ -636,7 +495,7 @@ class HttpSession:
         else:  # the origin answered before the request body ended: do not guess, close
             self._close(out)
 
-    def _exchange_done(self, ex: _Exchange, out: list[Action]) -> None:
+    def _exchange_done(self, ex: Exchange, out: list[Action]) -> None:
         out.append(RELEASE_REUSABLE if ex.reusable else RELEASE_BROKEN)
         self._rbuf.clear()
         self._ex = None
@@ -648,7 +507,7 @@ class HttpSession:
         if self._buf:  # pipelined bytes wait for this moment; usually there are none
             self._pump_client(out)
 
-    def _on_upstream_eof(self, ex: _Exchange, out: list[Action]) -> list[Action]:
+    def _on_upstream_eof(self, ex: Exchange, out: list[Action]) -> list[Action]:
         if self.up_state is UpstreamState.BODY and ex.resp is not None and ex.resp.decoder is None:
             self._read_response_body(ex, out, eof=True)
             return out
@@ -665,11 +524,8 @@ class HttpSession:
         self._close(out)
 
     # --- flows ----------------------------------------------------------------------------
-    def _flow(self, ex: _Exchange, verdict: FlowVerdict, code: int, l7_type: str) -> Flow:
-        c = self.conn
-        req = ex.req
+    def _flow(self, ex: Exchange, verdict: FlowVerdict, code: int, l7_type: str) -> Flow:
         latency = self._clock_ns() - ex.start_ns if l7_type == "RESPONSE" else 0
-        return http_flow(self._wall_ns(), verdict, c.src_ip, c.dst_ip, c.src_port, c.dst_port,
-                         l7_type, latency,
-                         "POLICY_DENIED" if verdict is FlowVerdict.DROPPED else "",
-                         HttpInfo(req.method, req.url, req.protocol, code, []))
+        # lazy: the Flow is built only if something reads it (proxy/http/flows.py)
+        return lazy_http_flow(self._wall_ns(), verdict, self.conn, ex.req, code, l7_type,
+                              latency)

@@ -198,8 +198,14 @@ def test_slow_name_does_not_delay_others_and_one_upstream_socket(run: Run) -> No
             assert rcode(await slow) == 0
             assert h.proxy.upstream_socket_count == 1  # multiplexed, no socket per query
             assert len({a for _p, _d, a in h.up.received}) == 1
-            up_ids = {int.from_bytes(d[:2], "big") for _p, d, _a in h.up.received}
-            assert len(up_ids) == 201  # IDs rewritten, unique in flight
+            # IDs are rewritten and unique among queries in flight: the slow query was in
+            # flight throughout, so its ID is nobody else's. (Fast queries may reuse each
+            # other's freed IDs: an ID is unique in flight, not for ever.)
+            sent = [(b"\x04slow" in d, int.from_bytes(d[:2], "big")) for _p, d, _a in
+                    h.up.received]
+            assert len(sent) == 201
+            slow_ids = [qid for is_slow, qid in sent if is_slow]
+            assert len(slow_ids) == 1 and slow_ids[0] not in {q for s, q in sent if not s}
     run(main())
 
 

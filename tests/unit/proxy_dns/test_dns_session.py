@@ -317,3 +317,148 @@ def test_timeouts_in_order_across_channels_after_partial_answers() -> None:
     assert sess.inflight == 0 and sess.stats.upstream_errors["timeout"] == 3
     assert sess.feed_upstream(sent[1].channel, reply(sent[1].data, [])) == [
         Drop("unmatched answer")]
+
+
+# --- memos, inline learning, stage observers (the per-query fast paths) --------------------
+
+
+def test_query_memo_reuses_parse_with_each_querys_own_id() -> None:
+    sess, _clock, _ = make()
+    first = raw_query(b"a", b"example", b"com", qid=1)
+    again = raw_query(b"a", b"example", b"com", qid=2)  # same bytes after the ID
+    ups = []
+    for query in (first, again):
+        up = sess.feed_query(query, INFO, client=query[:2])[0]
+        assert isinstance(up, SendUpstream) and up.data[2:] == query[2:]
+        ups.append(up)
+    assert len(sess._queries) == 1  # the second query was a memo hit
+    for up, qid in zip(ups, (1, 2), strict=True):
+        acts = sess.feed_upstream(up.channel, reply(up.data, []))
+        assert isinstance(acts[0], SendClient) and acts[0].data[:2] == qid.to_bytes(2, "big")
+        assert acts[0].client == qid.to_bytes(2, "big")
+    # A memo hit that times out answers SERVFAIL with its own ID too.
+    up = sess.feed_query(raw_query(b"a", b"example", b"com", qid=3), INFO)[0]
+    assert isinstance(up, SendUpstream)
+    assert sess.channel_closed(up.channel)[0] == SendClient(
+        None, INFO, wire.servfail(wire.parse_query(raw_query(b"a", b"example", b"com", qid=3)),
+                                  raw_query(b"a", b"example", b"com", qid=3)))
+
+
+def test_malformed_queries_never_memoized_each_one_counted() -> None:
+    sess, _, _ = make()
+    bad = header(qd=2) + question(b"a", b"example", b"com") * 2
+    for _ in range(3):
+        acts = sess.feed_query(bad, INFO)
+        assert isinstance(acts[0], SendClient) and acts[0].data[3] & 0xF == wire.RCODE_FORMERR
+    assert sess.stats.malformed_queries == 3 and sess._queries == {}
+
+
+def test_query_memo_bounded_in_entries_and_message_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.dns import session as session_mod
+    sess, _, _ = make(max_inflight=10_000, max_inflight_per_client=10_000)
+    for i in range(session_mod.MEMO_MAX_ENTRIES + 5):
+        sess.feed_query(raw_query(b"n%d" % i, b"example", b"com"), INFO)
+    assert 0 < len(sess._queries) <= session_mod.MEMO_MAX_ENTRIES
+    sess._queries.clear()
+    short, long = raw_query(b"a", b"example", b"com"), raw_query(b"long" * 8, b"example", b"com")
+    monkeypatch.setattr(session_mod, "MEMO_MAX_BYTES", len(short) - 2)
+    for query in (short, long):
+        assert isinstance(sess.feed_query(query, INFO)[0], SendUpstream)
+    assert list(sess._queries) == [short[2:]]
+
+
+def test_answer_memo_never_serves_another_question() -> None:
+    """A memoized answer replayed (with the right upstream ID) for a different question is
+    still refused: the memo is keyed on the answer bytes and checked against the question."""
+    sess, _, _ = make()
+    up_a = sess.feed_query(raw_query(b"a", b"example", b"com", qid=1), INFO)[0]
+    up_b = sess.feed_query(raw_query(b"b", b"example", b"com", qid=2), INFO)[0]
+    assert isinstance(up_a, SendUpstream) and isinstance(up_b, SendUpstream)
+    answer_a = reply(up_a.data, [rr(name(b"a", b"example", b"com"), 1, a_rdata("93.1.1.1"))])
+    assert isinstance(sess.feed_upstream(up_a.channel, answer_a)[0], Learn)
+    assert len(sess._answers) == 1
+    replay = up_b.data[:2] + answer_a[2:]
+    assert sess.feed_upstream(up_b.channel, replay) == [Drop("bad answer")]
+    assert sess.stats.bad_answers == 1
+
+
+def test_answer_memo_hit_gives_the_same_learn_and_flow() -> None:
+    sess, _, _ = make()
+    learns, flows = [], []
+    for qid in (1, 2):
+        up = sess.feed_query(raw_query(b"a", b"example", b"com", qid=qid), INFO)[0]
+        assert isinstance(up, SendUpstream)
+        acts = sess.feed_upstream(up.channel, reply(up.data, [
+            rr(name(b"a", b"example", b"com"), 1, a_rdata("93.1.1.1"), ttl=7)]))
+        assert isinstance(acts[0], Learn)
+        learns.append(acts[0]._replace(token=0))
+        released = sess.learn_done(acts[0].token)
+        assert isinstance(released[1], Emit)
+        flows.append(released[1].flow)
+    assert learns[0] == learns[1] and learns[0].ips == [("93.1.1.1", 7)]
+    assert learns[0].ips is not learns[1].ips  # each Learn gets its own list
+    assert flows[0].dns == flows[1].dns and flows[0].dns is not None
+    assert flows[0].dns.ips is not flows[1].dns.ips
+
+
+def test_inline_learning_releases_in_the_same_call_after_learning() -> None:
+    calls: list[tuple[str, list[tuple[str, int]]]] = []
+    sess, clock, stages = make(learn=lambda info, qname, ips: calls.append((qname, ips)))
+    up = sess.feed_query(raw_query(b"api", b"example", b"com", qid=9), INFO, client="c")[0]
+    assert isinstance(up, SendUpstream)
+    clock.ns += 1000
+    acts = sess.feed_upstream(up.channel, reply(up.data, [
+        rr(name(b"api", b"example", b"com"), 1, a_rdata("93.1.1.1"), ttl=42)]))
+    assert calls == [("api.example.com.", [("93.1.1.1", 42)])]
+    assert [type(a) for a in acts] == [SendClient, Emit]
+    assert isinstance(acts[0], SendClient) and acts[0].data[:2] == b"\x00\x09"
+    assert [s for s, _ in stages] == [Stage.POLICY, Stage.UPSTREAM, Stage.DATAPATH, Stage.TOTAL]
+    assert sess.inflight == 0 and sess._learning == {}
+
+
+def test_inline_learning_failure_still_releases_and_counts() -> None:
+    def broken(info: DnsConnInfo, qname: str, ips: list[tuple[str, int]]) -> None:
+        raise OSError("map full")
+    sess, _, _ = make(learn=broken)
+    up = sess.feed_query(raw_query(b"a", b"example", b"com"), INFO)[0]
+    assert isinstance(up, SendUpstream)
+    acts = sess.feed_upstream(up.channel, reply(up.data, [
+        rr(name(b"a", b"example", b"com"), 1, a_rdata("1.1.1.1"))]))
+    assert [type(a) for a in acts] == [SendClient, Emit]
+    assert sess.stats.learn_errors == 1 and sess.inflight == 0
+
+
+def test_inline_learning_awaitable_is_handed_to_the_server() -> None:
+    marker = object()
+    sess, _, _ = make(learn=lambda info, qname, ips: marker)
+    up = sess.feed_query(raw_query(b"a", b"example", b"com"), INFO)[0]
+    assert isinstance(up, SendUpstream)
+    acts = sess.feed_upstream(up.channel, reply(up.data, [
+        rr(name(b"a", b"example", b"com"), 1, a_rdata("1.1.1.1"))]))
+    assert len(acts) == 1 and isinstance(acts[0], Learn) and acts[0].waiting is marker
+    assert sess.inflight == 1
+    assert [type(a) for a in sess.learn_done(acts[0].token)] == [SendClient, Emit]
+    assert sess.inflight == 0
+
+
+def test_stage_observers_get_one_callable_per_stage() -> None:
+    seen: list[tuple[str, float]] = []
+    observers = {stage: (lambda s, st=stage.value: seen.append((st, s))) for stage in Stage}
+    sess = DnsSession(lambda info, qname: ALLOW, clock_ns=Clock(), wall_ns=lambda: 0,
+                      stage_observers=observers, rng=random.Random(1))
+    up = sess.feed_query(raw_query(b"a", b"example", b"com"), INFO)[0]
+    assert isinstance(up, SendUpstream)
+    acts = sess.feed_upstream(up.channel, reply(up.data, []))
+    assert isinstance(acts[0], SendClient)
+    assert [st for st, _ in seen] == ["policy", "upstream", "total"]
+
+
+def test_answer_memo_bounded_in_entries() -> None:
+    from proxy.dns import session as session_mod
+    sess, _, _ = make(max_inflight=10_000, max_inflight_per_client=10_000)
+    for i in range(session_mod.ANSWER_MEMO_MAX_ENTRIES + 5):
+        up = sess.feed_query(raw_query(b"n%d" % i, b"example", b"com"), INFO)[0]
+        assert isinstance(up, SendUpstream)
+        sess.feed_upstream(up.channel, reply(up.data, []))
+    assert 0 < len(sess._answers) <= session_mod.ANSWER_MEMO_MAX_ENTRIES
+    assert sess.inflight == 0

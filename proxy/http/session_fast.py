@@ -1,0 +1,157 @@
+"""HttpSession's fast paths for the dominant exchange (sans-IO, no I/O here).
+
+Contract: `fast_request(session, data)` takes `data` that is exactly one complete request
+head with nothing after it (the usual read) on an idle connection; `fast_response(session,
+ex, data)` takes the first bytes of the response to `ex`. Each either does what the
+session's full path (`_read_head` + `_start_exchange` + `_read_body`, resp.
+`_read_response_head` + `_read_response_body` + `_exchange_done`) does for those bytes,
+with the same checks, codec cross-check, decision and actions, or changes nothing and
+returns None, and the session runs the full path (which also names any error). fast.py
+says which heads qualify. test_fastpaths.py and the whole-vs-byte-wise session tests hold
+both paths to the same actions.
+
+Head memo: keep-alive clients repeat the same request head (wrk, health checks, pollers)
+and origins the same response head, and what the fast path computes from a head (parse,
+Host check, codec cross-check, re-serialised head, client response head) is a function of
+its bytes alone. So each session keeps the last head of each direction that the fast path
+accepted with what it computed; a byte-identical head reuses it. The decision is never
+memoised here (`decide` runs for every request). The codec is not fed a byte-identical
+repeat: it agreed on exactly these bytes before, from the same parser state (a keep-alive
+HTTP/1.1 bodiless message leaves llhttp at a message start; h11 starts each message on a
+fresh connection), so its answer would be the same. Figures (callgrind, the core bench's
+small request repeated, `run_core` under valgrind): ~136k -> ~56k instructions per
+exchange, of which the request memo saves ~54k and the response memo ~30k; a head that is
+not a repeat pays ~2k more than before (the compare and the store).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from observe.flow import FlowVerdict
+from policy.types import Decision
+from proxy.http.actions import Action, Emit, SendClient, SendUpstream
+from proxy.http.exchange import NO_BODY, ClientState, Exchange, UpstreamState
+from proxy.http.fast import plain_request, plain_response
+from proxy.http.request import AUTHORITY, PROTOCOL, BodyKind, PreparedRequest, new_meta, serialise
+from proxy.http.response import ResponseFraming
+from proxy.http.wire import LengthDecoder
+
+if TYPE_CHECKING:
+    from proxy.http.session import HttpSession
+
+# Heads longer than this are not remembered: the memo holds the head and what was built
+# from it (~3x its size) for the connection's life, so 10,000 connections (the cap) keep at
+# most ~120 MB. Ordinary heads are far smaller (curl ~80 bytes, a browser's ~750:
+# perf-anchors.md B3); longer ones take the fast path unremembered.
+MEMO_MAX_HEAD_BYTES = 4096
+
+# (head bytes, the prepared request built from them)
+RequestMemo = tuple[bytes, PreparedRequest]
+# (head bytes, status, upstream reusable (HTTP/1.1), Content-Length, client head)
+ResponseMemo = tuple[bytes, int, bool, int, bytes]
+
+
+def fast_request(s: HttpSession, data: bytes) -> list[Action] | None:
+    memo = s._req_memo
+    if memo is not None and data == memo[0]:
+        req = memo[1]
+    else:  # parse a plain head, check its Host, cross-check the codec, build the request
+        limits = s._limits
+        if len(data) > limits.max_head_bytes:
+            return None
+        plain = plain_request(data, limits.max_headers)
+        if plain is None:
+            return None
+        method, target, version, fields = plain
+        host_raw = fields[0][1]
+        if host_raw == s._host_raw:  # the same Host as the last request: checked then
+            host = s._host
+        else:
+            host = host_raw.lower()
+            if not AUTHORITY.fullmatch(host):
+                return None
+            s._host_raw, s._host = host_raw, host
+        # The codec reads the same bytes; anything but one agreeing bodiless message goes
+        # to the full path on a fresh codec, which sees exactly what it would have seen.
+        codec = s._codec
+        if not codec.feed_head(data, method, target, version, fields):
+            codec.close()
+            s._codec = s._new_codec(limits.max_head_bytes)
+            return None
+        if host != host_raw:
+            fields[0] = ("host", host)
+        req = PreparedRequest(method, version, PROTOCOL[version],
+                              new_meta(method, target, host, tuple(fields)),
+                              "".join(("http://", host, target)),
+                              serialise(method, target, fields), BodyKind.NONE, 0,
+                              version == "1.1", False, None, False)
+        # HTTP/1.0 closes after this exchange (and llhttp restarts): nothing to repeat
+        if version == "1.1" and len(data) <= MEMO_MAX_HEAD_BYTES:
+            s._req_memo = (data, req)
+    ex = Exchange(req, s._codec, NO_BODY, False, s._clock_ns())
+    ex.codec_end = True
+    try:
+        verdict = s._decide(s.conn, req.meta)
+    except Exception:  # fail closed, as HttpSession._verdict does
+        verdict = s._decide_failed()
+    if verdict.decision is not Decision.FORWARDED:
+        out: list[Action] = []
+        s._apply_verdict(ex, verdict, out)
+        if s.state is ClientState.BODY:
+            s._read_body(out)
+        return out
+    s._stats.requests["forwarded"] += 1
+    ex.forward = True
+    ex.req_done = True
+    s._ex = ex
+    if not req.keep_alive:
+        s._close_after = True
+    s.up_state = UpstreamState.HEAD
+    s.state = ClientState.WAIT
+    return [SendUpstream(req.upstream_head)]
+
+
+def fast_response(s: HttpSession, ex: Exchange, data: bytes) -> list[Action] | None:
+    req = ex.req
+    if req.method == "HEAD" or req.is_connect:
+        return None
+    memo = s._resp_memo
+    # The remembered head ends in its only CRLFCRLF, so a match ends data's head there too.
+    if memo is None or not data.startswith(memo[0]):
+        end = data.find(b"\r\n\r\n") + 4
+        if end == 3:
+            return None
+        head = data if end == len(data) else data[:end]
+        plain = plain_response(head, s._limits.max_headers)
+        if plain is None:
+            return None
+        minor, status_s, reason, fields, length = plain
+        # client_response_head's output for this head: same fields in the same order and
+        # spelling, then our Content-Length (Connection: close is added when the client goes)
+        head_b = (f"HTTP/1.1 {status_s} {reason}\r\n{fields}content-length: {length}\r\n\r\n"
+                  .encode("latin-1"))
+        status, reusable = int(status_s), minor == 1
+        if end <= MEMO_MAX_HEAD_BYTES:
+            s._resp_memo = (head, status, reusable, length, head_b)
+    else:
+        head, status, reusable, length, head_b = memo
+        end = len(head)
+    if s._close_after:
+        head_b = head_b[:-2] + b"connection: close\r\n\r\n"
+    if len(data) - end != length:  # partial (or too long): the general body path
+        out: list[Action] = []
+        s._final_response(ex, out, status,
+                          ResponseFraming(LengthDecoder(length), False, length, False,
+                                          reusable), head_b)
+        s._rbuf += memoryview(data)[end:]
+        s._read_response_body(ex, out, eof=False)
+        return out
+    # The whole response is here: what _final_response + _read_response_body do, then
+    # the shared ending (_response_done: release or close, next pipelined request).
+    ex.resp_started = True
+    ex.reusable = reusable
+    out = [Emit(s._flow(ex, FlowVerdict.FORWARDED, status, "RESPONSE")),
+           SendClient(head_b + data[end:] if length else head_b)]
+    s._response_done(ex, out)
+    return out
