@@ -140,9 +140,12 @@ def parse_wrk(out: str) -> tuple[int, float, float, float, int]:
 
 
 def wrk(sb: Sandbox, pod: str, url: str, conns: int, seconds: int, label: str,
-        cpu_pids: dict[str, int] | None = None) -> WrkRun:
+        cpu_pids: dict[str, int] | None = None, script: Path | None = None) -> WrkRun:
+    """One wrk run inside `pod`; `script` is a wrk Lua script (e.g. VARYING_REQUEST)."""
     pids = cpu_pids or {}
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url]
+    if script is not None:
+        argv[1:1] = ["-s", str(script)]
     before = _cpu_all(pids)
     res = sb.exec(pod, argv, timeout=seconds + TOOL_SLACK_S)
     after = _cpu_all(pids)

@@ -5,6 +5,8 @@ direct (origin only), our proxy with httptools, our proxy with h11, haproxy (`nb
 `http-reuse always`). The origin is a second haproxy answering a 64-byte body itself.
 `wrk -t1` at c=1/16/64 for BENCH_SECONDS each; prints req/s, p50/p99 and ratios to haproxy
 and to direct. Everything listens on 127.0.0.1 and every process is ours (kept Popen objects).
+Every request head differs (varying_request.lua: an x-request-id each, as traced traffic
+has), so the proxy's per-connection memo of a repeated head never answers for it.
 Note: wrk, origin and proxy share this machine's cores, so absolute numbers are low; ratios
 are the figure to compare with perf-anchors.md B1.
 """
@@ -127,6 +129,7 @@ def cpu_s(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tck, int(fields[12]) / tck
 
 
+VARYING_REQUEST = Path(__file__).resolve().parent / "varying_request.lua"
 # req/s, p50 ms, p99 ms, proxy CPU us per request, of which user us per request
 Cell = tuple[float, float, float, float, float]
 
@@ -134,8 +137,8 @@ Cell = tuple[float, float, float, float, float]
 def wrk(port: int, conns: int, pid: int | None = None) -> Cell:
     cpu0 = cpu_s(pid) if pid else (0.0, 0.0)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{BENCH_SECONDS}s", "--latency",
-         f"http://127.0.0.1:{port}/api/x"],
+        ["wrk", "-t1", "-s", str(VARYING_REQUEST), f"-c{conns}", f"-d{BENCH_SECONDS}s",
+         "--latency", f"http://127.0.0.1:{port}/api/x"],
         check=True, capture_output=True, text=True, timeout=BENCH_SECONDS + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
