@@ -343,13 +343,8 @@ class Agent:
         st = self.state or self.current()
         if isinstance(flow, LazyFlow) and not flow._done:
             bind_l7(flow, st, self._fqdn_names)
-            self.ring.push(flow)
-            if self.exporter is not None:
-                self.exporter.offer(flow)
-            if self.flow_metrics is not None:
-                self.flow_metrics.observe(flow)
-            return
-        enrich_l7(flow, st, self._fqdn_names)
+        else:  # an eager flow, or a lazy one somebody read before it got here
+            enrich_l7(flow, st, self._fqdn_names)
         self.ring.push(flow)
         if self.exporter is not None:
             self.exporter.offer(flow)
