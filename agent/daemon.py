@@ -26,12 +26,12 @@ from typing import Any
 
 from agent import gctune
 from agent.endpoints import ClusterEndpoints, load_endpoints
-from agent.flows import bind_l7, enrich_l7, flow_from_event
+from agent.flows import emit_l7_flow, flow_from_event
 from agent.fqdnowner import FqdnOwner
 from agent.state import PLAN_CACHE_MAX, ClusterState
 from observe.api import ApiServer
 from observe.export import FlowExporter
-from observe.flow import Flow, LazyFlow
+from observe.flow import Flow
 from observe.ring import FlowRing
 from policy.compile import PolicySnapshot, compile_policies
 from policy.errors import ConfigError, L7gateError, PolicyError
@@ -297,7 +297,7 @@ class Agent:
     # --- flows ----------------------------------------------------------------------------------
 
     def publish(self, flow: Flow) -> None:
-        """The one sink of every flow: ring, export file, metrics (`emit_l7` inlines it)."""
+        """The one sink of every flow: ring, export file, metrics."""
         self.ring.push(flow)
         if self.exporter is not None:
             self.exporter.offer(flow)
@@ -339,17 +339,8 @@ class Agent:
 
     def emit_l7(self, flow: Flow) -> None:
         """The proxies' sink (one call per request / query): a lazy flow is bound to the
-        state and names of now (agent/flows.py), never built here; then `publish`, inlined."""
-        st = self.state or self.current()
-        if isinstance(flow, LazyFlow) and not flow._done:
-            bind_l7(flow, st, self._fqdn_names)
-        else:  # an eager flow, or a lazy one somebody read before it got here
-            enrich_l7(flow, st, self._fqdn_names)
-        self.ring.push(flow)
-        if self.exporter is not None:
-            self.exporter.offer(flow)
-        if self.flow_metrics is not None:
-            self.flow_metrics.observe(flow)
+        state and names of now (agent/flows.py), never built here; then `publish`."""
+        self.publish(emit_l7_flow(flow, self.state or self.current(), self._fqdn_names))
 
     # --- proxy callbacks --------------------------------------------------------------------------
 

@@ -146,7 +146,6 @@ class DnsProxyServer:
         if not transparent and origdst is None:
             raise ValueError("non-transparent mode needs origdst(client_addr)")
         self._listen = listen
-        self._learn = learn
         self._emit = emit
         self._transparent = transparent
         self._origdst = origdst
@@ -366,26 +365,15 @@ class DnsProxyServer:
             budget -= 1
 
     def _start_learn(self, action: Learn) -> None:
-        # The session called learn already (inline learning) when `waiting` is set.
-        pending = action.waiting if action.waiting is not None else self._learn_now(action)
-        if pending is None:
-            return
+        """The session ran `learn` itself (this server always hands it one) and got an
+        awaitable: release the answer when it completes or after learn_max_delay_s."""
+        pending = action.waiting
+        if pending is None:  # pragma: no cover - only a session without `learn` returns this
+            raise RuntimeError(f"Learn without an awaitable: {action!r}")
         assert self._loop is not None
         task = self._loop.create_task(self._await_learn(action.token, pending))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _learn_now(self, action: Learn) -> Awaitable[None] | None:
-        """Run `learn` for a Learn the session did not run itself (no inline learning)."""
-        try:
-            pending = self._learn(action.info, action.qname, action.ips)
-        except Exception:  # the datapath writer is someone else's code: fail open in time
-            log.exception("learning %s failed", action.qname)
-            self._execute(self.session.learn_done(action.token, failed=True))
-            return None
-        if pending is None:  # synchronous map update: already done
-            self._execute(self.session.learn_done(action.token))
-        return pending
 
     async def _await_learn(self, token: int, pending: Awaitable[None]) -> None:
         timed_out = failed = False
