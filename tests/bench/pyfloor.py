@@ -17,15 +17,27 @@ the subset closes the connection; nothing is forwarded). Never use it outside be
 
 Run: `python -m tests.bench.pyfloor LISTEN_IP PORT ORIGIN_IP ORIGIN_PORT`; prints
 `listening` once bound.
+
+In the datapath: `python -m tests.bench.pyfloor agent AGENT_ARGS...` runs a real `l7gate agent`
+(same flags: BPF datapath, policies, DNS proxy, flows of the kernel) whose HTTP proxy
+connections are served by `TransparentClient` below instead of the product's protocol: the
+listener, IP_TRANSPARENT, the redirect by `bpf_sk_assign`, SO_MARK with the source identity
+and the pod source address on the upstream socket are the product's, the per-request work is
+the floor's. It answers "what does the least Python cost where the product really runs",
+i.e. with transparent sockets, marks and the tc programs in the path, which the plain floor
+beside haproxy (an agent-less sandbox) does not pay. Done by replacing the protocol class the
+HTTP server instantiates (`proxy.http.server._Client`), in this process only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import sys
 import time
-from typing import cast
+import types
+from typing import Any, cast
 
 import uvloop
 
@@ -128,6 +140,55 @@ class _Client(asyncio.Protocol):
             self.upstream.close()
 
 
+IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h
+
+
+class TransparentClient(_Client):
+    """The floor's client protocol behind the product's transparent listener: the original
+    destination is the accepted socket's local address, and the upstream socket carries what
+    the product's carries (SO_MARK with the source identity, the pod's source address)."""
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(("", 0))
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = transport.get_extra_info("peername")
+        self.origin = transport.get_extra_info("sockname")
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        from redirect.origdst import IP_TRANSPARENT
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            mark = self.server.upstream_mark(types.SimpleNamespace(src_ip=self.peer[0]))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((self.peer[0], 0))
+            await loop.sock_connect(sock, self.origin)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            up, _ = await loop.create_connection(lambda: _Upstream(self), sock=sock)
+        except BaseException:
+            sock.close()
+            self.transport.close()
+            raise
+        self.upstream = up
+        for head in self.pending:
+            up.write(head)  # type: ignore[attr-defined]
+        self.pending.clear()
+
+
+def _agent_main(args: list[str]) -> int:
+    import proxy.http.server as http_server
+    from agent.cli import main
+    http_server._Client = TransparentClient  # type: ignore[misc,assignment]
+    return main(args)
+
+
 async def _main(listen: str, port: int, origin: tuple[str, int]) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Client(origin), listen, port, backlog=1024)
@@ -137,4 +198,6 @@ async def _main(listen: str, port: int, origin: tuple[str, int]) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["agent"]:
+        sys.exit(_agent_main(sys.argv[1:]))
     uvloop.run(_main(sys.argv[1], int(sys.argv[2]), (sys.argv[3], int(sys.argv[4]))))

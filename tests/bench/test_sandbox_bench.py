@@ -18,6 +18,11 @@ What it measures (all traffic stays inside the sandbox's network namespaces):
    tests/bench/pyfloor.py, the issue's mandatory per-request work (strict head grammar,
    policy regex, re-serialised heads, a flow record) with no layering, i.e. the least a
    Python design can spend per request; the gap between it and l7gate is ours to close.
+   That row runs agent-less, beside haproxy; a second one, "python floor in the datapath",
+   runs the same floor as node2's HTTP proxy inside a real agent (pyfloor.py `agent`: the
+   product's transparent listener, bpf_sk_assign redirect, SO_MARK and pod-source upstream,
+   tc programs on every hop), after the last codec's runs in that codec's sandbox: what the
+   least Python costs where the product runs.
 3. DNS proxy: dnsperf in frontend against kube-dns (dnsmasq), max rate (-c 1 -q 64) and
    fixed 5,000 q/s, without agents vs through node1's DNS proxy (reference policies,
    matchPattern "*"); p50/p99 from `dnsperf -v` per-query lines. Issue targets: >= 20,000 q/s;
@@ -48,6 +53,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
@@ -70,7 +76,8 @@ from sandbox_bench_helpers import (
     wrk,
 )
 
-from agent.sandbox.api import Sandbox
+from agent.sandbox.api import Sandbox, _reap_child
+from agent.sandbox.state import stop
 
 pytestmark = [pytest.mark.bench, pytest.mark.root]
 
@@ -92,6 +99,8 @@ API_PORT = 8080
 HAPROXY_PORT = 18080  # on node2's underlay address; nothing else listens there
 FLOOR_PORT = 18090  # the bench-only Python floor forwarder (tests/bench/pyfloor.py), same place
 FLOOR_LABEL = "python floor (bench-only)"
+FLOOR_DP_LABEL = "python floor in the datapath (bench-only)"
+AGENT_SWAP_TIMEOUT_S = 180.0  # the floor agent compiles BPF like any agent (15-60 s, busy box)
 REPO = Path(__file__).resolve().parents[2]
 # every request head differs (x-request-id), as traced traffic does: see the script
 VARYING_REQUEST = Path(__file__).resolve().parent / "varying_request.lua"
@@ -333,6 +342,35 @@ def _pyfloor(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _floor_agent(sb: Sandbox, node: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """Replace `node`'s agent by the same agent whose HTTP connections the floor serves
+    (pyfloor.py `agent`): same flags, datapath, policies; returns once its API socket is up."""
+    proc = sb.state.proc(f"agent:{node}")
+    assert proc is not None and proc.is_alive(), proc
+    argv = [a.decode() for a in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    args = argv[argv.index("agent"):]
+    sock = Path(args[args.index("--api-socket") + 1])
+    stop([proc], 10.0)
+    _reap_child(proc.pid)
+    sock.unlink(missing_ok=True)  # the new agent creates it when ready
+    cmd, env = sb.command(node, [sys.executable, "-m", "tests.bench.pyfloor", *args])
+    env["PYTHONPATH"] = str(REPO)
+    log = open(tmp_path / "floor-agent.log", "wb")  # closed below; Popen keeps its own fd
+    try:
+        floor = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+    finally:
+        log.close()
+    deadline = time.monotonic() + AGENT_SWAP_TIMEOUT_S
+    while not sock.exists():
+        if floor.poll() is not None or time.monotonic() > deadline:
+            stop_popen(floor)
+            raise AssertionError("floor agent did not start:\n"
+                                 + (tmp_path / "floor-agent.log").read_text()[-2000:])
+        time.sleep(0.2)
+    return floor
+
+
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
     results: list[WrkRun] = []
@@ -373,6 +411,17 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
         for conns in CONCURRENCY:
             results.append(wrk(sb, CLIENT, url + path, conns, RUN_S, f"l7gate ({codec})", pids,
                                script=VARYING_REQUEST))
+        if codec == CODECS[-1]:
+            # the floor where the product runs: same sandbox, node2's agent swapped
+            floor_agent = _floor_agent(sb, "node2", tmp_path)
+            try:
+                assert _http_code(sb, CLIENT, url + path) == 200
+                assert _http_code(sb, CLIENT, url + "/private") == 403
+                for conns in CONCURRENCY:
+                    results.append(wrk(sb, CLIENT, url + path, conns, RUN_S, FLOOR_DP_LABEL,
+                                       {"proxy": floor_agent.pid}, script=VARYING_REQUEST))
+            finally:
+                stop_popen(floor_agent)
         slot.close()
 
     by = {(r.label, r.conns): r for r in results}
@@ -390,7 +439,7 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
                 ["setup", "conns", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/req (user+sys)",
                  "req/s vs direct", "p50 added ms", "req/s vs haproxy", "p99 vs haproxy"],
                 rows))
-    for label in [FLOOR_LABEL, *(f"l7gate ({codec})" for codec in CODECS)]:
+    for label in [FLOOR_LABEL, FLOOR_DP_LABEL, *(f"l7gate ({codec})" for codec in CODECS)]:
         r64, h64 = by[(label, 64)], by[("haproxy", 64)]
         r1, d1 = by[(label, 1)], by[("direct (no agent)", 1)]
         rps_r, p99_r, added = (_ratio(r64.rps, h64.rps), _ratio(r64.p99_ms, h64.p99_ms),
