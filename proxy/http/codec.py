@@ -3,10 +3,17 @@
 Contract: a codec object belongs to one connection and parses one request message at a
 time: the session calls `start()`, feeds it the head (after its own strict gate) and then
 exactly the body bytes its own framer delimited; the codec answers with `CodecHead`,
-`CodecBody` and `CodecEnd` events or raises `CodecError`. The session cross-checks the codec
-against its own parse (same method, target, version and field count, the same fields where
-the codec reports them, same body size, end at the same byte), so neither codec is trusted
-alone. Only public APIs of h11 and httptools are used.
+`CodecBody` and `CodecEnd` events or raises `CodecError`. The session's full path cross-
+checks the codec against its own parse (same method, target, version and field count, the
+same fields where the codec reports them, same body size, end at the same byte), so neither
+codec is trusted alone. Only public APIs of h11 and httptools are used.
+
+The session's fast path (session_fast.py) does not feed the codec: the heads it takes are a
+strict subset (fast.plain_request) on which both codecs read exactly what the grammar reads,
+which tests/unit/proxy_http/test_plain_codec_agreement.py proves on generated heads. A codec
+therefore only ever sees the messages the full path handles, each from a message start (h11:
+a fresh connection per message; llhttp: the connection's parser, which a plain message,
+never fed to it, cannot disturb).
 """
 
 from __future__ import annotations
@@ -84,13 +91,6 @@ class RequestCodec(Protocol):
 
     def feed(self, data: bytes) -> list[CodecEvent]: ...
 
-    def feed_head(self, head: bytes, method: str, target: str, version: str,
-                  headers: list[tuple[str, str]]) -> bool:
-        """The session's fast path: `head` is one complete request head without Content-
-        Length or Transfer-Encoding that the gate read as (method, target, version,
-        headers). True when the codec reads it the same way as one complete bodiless
-        message. After False the codec may be in any state: the session replaces it."""
-
     def close(self) -> None:
         """The codec is done (connection closed, or replaced): drop whatever ties it in a
         reference cycle, so that refcounting alone frees it. The agent freezes long-lived
@@ -140,46 +140,11 @@ class H11Codec:
                     raise CodecError(f"unexpected h11 event {type(ev).__name__}")
         return events
 
-    def feed_head(self, head: bytes, method: str, target: str, version: str,
-                  headers: list[tuple[str, str]]) -> bool:
-        self.start()
-        try:
-            events = self.feed(head)
-        except CodecError:
-            return False
-        return (len(events) == 2 and events[1] is CODEC_END and type(events[0]) is CodecHead
-                and codec_agrees(events[0], method, target, version, headers))
-
 
 # Methods llhttp parses itself and frames like GET (CONNECT keeps its own meaning); any other
 # token is fed as GET (see below). PRI is deliberately absent (llhttp's HTTP/2 preface case).
 _LLHTTP_NATIVE = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
                             b"CONNECT"})
-# The same names for the fast path's head check (CONNECT never takes it).
-_LLHTTP_NATIVE_S = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
-
-
-class _HeadReader:
-    """httptools protocol of the fast path's parser: the target, the number of fields and
-    whether the message ended; nothing is built per field (one counter increment)."""
-
-    __slots__ = ("complete", "n", "url")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.n = 0
-        self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.n += 1
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
 class HttptoolsCodec:
     """llhttp through httptools' callback API; an upgrade pause counts as the message end.
 
@@ -208,10 +173,6 @@ class HttptoolsCodec:
         self._method: bytes | None = None
         self._reusable = True
         self._parser = httptools.HttpRequestParser(self)
-        # The fast path has its own parser (each message is parsed whole by one of the two,
-        # and llhttp starts every message afresh), so it needs no event objects.
-        self._head = _HeadReader()
-        self._fast: httptools.HttpRequestParser | None = None
 
     def start(self) -> None:
         if not self._reusable:
@@ -228,7 +189,6 @@ class HttptoolsCodec:
         the AttributeError would cost that connection only (the server aborts it)."""
         with contextlib.suppress(AttributeError):
             del self._parser
-        self._fast = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -268,30 +228,6 @@ class HttptoolsCodec:
             raise CodecError(f"httptools: {exc}") from exc
         events, self._events = self._events, []
         return events
-
-    def feed_head(self, head: bytes, method: str, target: str, version: str,
-                  headers: list[tuple[str, str]]) -> bool:
-        if method not in _LLHTTP_NATIVE_S:
-            return False  # the full path feeds it with GET in its place
-        parser = self._fast
-        if parser is None:
-            parser = self._fast = httptools.HttpRequestParser(self._head)
-        reader = self._head
-        reader.url = b""
-        reader.n = 0
-        reader.complete = False
-        try:
-            parser.feed_data(head)
-        except httptools.HttpParserError:  # includes HttpParserUpgrade
-            self._fast = None
-            return False
-        # HTTP/1.0 without keep-alive: llhttp takes no further message on this parser
-        if version != "1.1":
-            self._fast = None
-        return (reader.complete and reader.n == len(headers)
-                and parser.get_http_version() == version
-                and parser.get_method().decode("latin-1") == method
-                and reader.url.decode("latin-1") == target)
 
 
 CodecFactory = Callable[[int], RequestCodec]

@@ -10,7 +10,10 @@ same for an upstream response head with a final status other than 204/304 whose 
 framing or hop-by-hop field is one Content-Length: it returns (minor, status, reason,
 end-to-end fields, length) as `wire.parse_response_head` + `response.response_framing` see
 them, or None. Neither ever accepts what the full path refuses; test_fastpaths.py compares
-both with the full path on generated heads.
+both with the full path on generated heads. The session forwards a plain request without
+feeding the codec, so plain_request alone decides what takes that path: on every head it
+accepts, llhttp and h11 read the same single bodiless message
+(test_plain_codec_agreement.py), and it is never more lenient than either.
 
 How: one `findall` over the head both validates and splits it. Each alternative of the
 pattern matches one whole line in the strict grammar (wire.py's classes): the first line
@@ -18,10 +21,12 @@ pattern matches one whole line in the strict grammar (wire.py's classes): the fi
 CRLF and contains no other LF, so when the number of matches equals the number of LFs minus
 the final empty line, no LF is left outside a match; as every match starts at the string
 start or right after an LF, no byte is left outside one either: the head is exactly the
-first line, field lines and CRLF. A field the fast path does not handle (hop-by-hop or
-framing names, `proxy-*`, underscores in request names, a second Host) matches no
-alternative, so the count differs and the full path runs. Why: one C-level scan instead of
-a match, a split and per-field tests (tests/bench/test_http_core_bench.py).
+first line, field lines and CRLF. That needs the head to end in CRLFCRLF (else bytes after
+the last LF are outside every match), which plain_request checks itself. A field the fast
+path does not handle (hop-by-hop or framing names, `proxy-*`, underscores in request
+names, a second Host) matches no alternative, so the count differs and the full path runs.
+Why: one C-level scan instead of a match, a split and per-field tests
+(tests/bench/test_http_core_bench.py).
 """
 
 from __future__ import annotations
@@ -41,15 +46,33 @@ _VALUE_S = r"[\t\x20-\x7e\x80-\xff]*"  # field-content, as in wire._FIELD_LINE_S
 _TOKEN_S = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # wire._TOKEN
 _TOKEN_NO_UNDERSCORE_S = r"[!#$%&'*+\-.^`|~0-9A-Za-z]+"  # request names: '_' is a 400
 
+
+def _caseless(word: str) -> str:
+    """`word` matched ASCII-case-insensitively with one character class per letter: a
+    branch whose alternatives start with a class is skipped on its first character
+    without entering the alternative, which `(?i:...)` literals are not."""
+    return "".join(f"[{c.upper()}{c}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# The field names request.py acts on (wire._NOT_PLAIN_S's set) and Host, each with its
+# colon, and the `proxy-` prefix, as a tree on their first letters: checked at the start of
+# every field line. Same set as `(?i:transfer-encoding|...|host):|(?i:proxy-)`, which cost
+# ~1.5k more instructions per small head and ~8k per browser head (callgrind, 4 resp. 13
+# fields); the latin-1 text holds no non-ASCII letter that (?i:) would fold onto these.
+_NOT_PLAIN_NAME_S = "|".join([
+    _caseless("con") + "(?:" + _caseless("tent-length") + "|" + _caseless("nection") + "):",
+    _caseless("t") + "(?:" + _caseless("ra") + "(?:" + _caseless("nsfer-encoding") + "|"
+    + _caseless("iler") + ")|" + _caseless("e") + "):",
+    _caseless("h") + "(?:" + _caseless("ost") + "|" + _caseless("ttp2-settings") + "):",
+    _caseless("expect:"), _caseless("upgrade:"), _caseless("keep-alive:"),
+    _caseless("proxy-")])
 # Request: request line with Host as the first field (one match), then field lines whose
-# name is none that request.py acts on (wire._NOT_PLAIN_S's set) nor Host. Groups: method,
-# target, minor, Host value, name, value.
+# name is none of the above. Groups: method, target, minor, Host value, name, value.
 _PLAIN_REQUEST_S = re.compile(
     r"\A(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (" + _CANONICAL_TARGET_S
-    + r") HTTP/1\.([01])\r\n(?i:host):(" + _VALUE_S + r")\r\n"
-    r"|^(?!(?i:transfer-encoding|content-length|connection|expect|upgrade|keep-alive|te"
-    r"|trailer|http2-settings|host):|(?i:proxy-))(" + _TOKEN_NO_UNDERSCORE_S + r"):("
-    + _VALUE_S + r")\r\n", re.MULTILINE)
+    + r") HTTP/1\.([01])\r\n" + _caseless("host:") + "(" + _VALUE_S + r")\r\n"
+    r"|^(?!" + _NOT_PLAIN_NAME_S + ")(" + _TOKEN_NO_UNDERSCORE_S + r"):(" + _VALUE_S
+    + r")\r\n", re.MULTILINE)
 # Response: status line (200-599), a Content-Length line (digits only, at most 18 as
 # wire.parse_content_length wants), or a field line whose name is not hop-by-hop
 # (request.HOP_BY_HOP, proxy-*). Groups: minor, status, reason, length, name, value.
@@ -70,12 +93,13 @@ PlainResponse = tuple[int, str, str, str, int]
 def plain_request(head: bytes, max_headers: int) -> PlainRequest | None:
     """(method, target, version, fields) or None. `fields` are (lower-case name, value
     without surrounding OWS) with Host first, its value as sent (not yet lower-cased or
-    checked); the target is canonical: the one the full path decides on and forwards."""
+    checked); the target is canonical: the one the full path decides on and forwards.
+    None for anything else, including bytes after the head's CRLFCRLF."""
     text = head.decode("latin-1")
     lines = _PLAIN_REQUEST_S.findall(text)
     # the first match holds two lines (request line and Host); the last line is empty
-    if (not lines or len(lines) != text.count("\n") - 2 or not lines[0][0]
-            or len(lines) > max_headers):
+    if (not text.endswith("\r\n\r\n") or not lines or len(lines) != text.count("\n") - 2
+            or not lines[0][0] or len(lines) > max_headers):
         return None
     method, target, minor, host, _, _ = lines[0]
     fields = [(name.lower(), value.strip(" \t")) for _, _, _, _, name, value in lines]

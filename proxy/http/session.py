@@ -11,9 +11,10 @@ policy allowed switches the connection to a byte tunnel.
 
 The dominant exchange (one plain bodiless request head per read, a Content-Length response
 whose head arrives in one read) takes session_fast.py's `fast_request` / `fast_response`:
-the same checks, codec cross-check, decision and output as the full path (fast.py says
-which heads qualify; anything else, or any doubt, runs the full path), with a memo of the
-last head of each direction. test_fastpaths.py and the whole-vs-byte-wise session tests
+the same checks, decision and output as the full path (fast.py says which heads qualify:
+a strict subset on which both codecs provably agree, so the codec is not fed those heads;
+anything else, or any doubt, runs the full path with the codec), with a memo of the last
+head of each direction. test_fastpaths.py and the whole-vs-byte-wise session tests
 hold both paths to the same actions. States and the per-request record live in exchange.py.
 """
 
@@ -91,7 +92,6 @@ class HttpSession:
                  clock_ns: Callable[[], int], wall_ns: Callable[[], int]) -> None:
         self.conn = conn
         self._decide = decide
-        self._new_codec = codec
         self._codec = codec(limits.max_head_bytes)  # one per connection, restarted per request
         self._limits = limits
         self._stats = stats

@@ -5,23 +5,37 @@ head with nothing after it (the usual read) on an idle connection; `fast_respons
 ex, data)` takes the first bytes of the response to `ex`. Each either does what the
 session's full path (`_read_head` + `_start_exchange` + `_read_body`, resp.
 `_read_response_head` + `_read_response_body` + `_exchange_done`) does for those bytes,
-with the same checks, codec cross-check, decision and actions, or changes nothing and
-returns None, and the session runs the full path (which also names any error). fast.py
-says which heads qualify. test_fastpaths.py and the whole-vs-byte-wise session tests hold
-both paths to the same actions.
+with the same checks, decision and actions, or changes nothing and returns None, and the
+session runs the full path (which also names any error). fast.py says which heads
+qualify. test_fastpaths.py and the whole-vs-byte-wise session tests hold both paths to the
+same actions.
+
+No codec on the fast path: the full path feeds every head to the codec (llhttp or h11) and
+cross-checks it against our gate, because neither parser is trusted alone. A plain head is
+not fed to it: the upstream gets a head re-serialised from our own parse (never the
+client's bytes), plain_request accepts only a strict subset (origin-form canonical target,
+Host first, no framing or hop-by-hop field, strict field grammar, head ends in CRLFCRLF),
+and test_plain_codec_agreement.py proves on generated heads (2000 from the plain grammar's
+own character classes up to the field limit, 1500 hostile near-misses) that on every head
+plain_request accepts, llhttp and h11 both read exactly one complete bodiless message with
+the same method, target, version, fields and keep-alive, and that plain_request refuses
+every head either codec refuses. So the codec's answer is known in advance and feeding it
+would only cost time: ~14k instructions per request with httptools, ~242k with h11
+(callgrind, the core bench's small-varying requests: 103k -> 89k resp. 331k -> 89k).
+The codec's state stays consistent: it is only ever fed messages the full path handles,
+each from a message start (llhttp's parser is left at one by the previous full-path
+message; h11 gets a fresh connection per message), which test_fastpaths.py checks by
+alternating plain and full-path requests on one connection with the fast path on and off.
 
 Head memo: keep-alive clients repeat the same request head (wrk, health checks, pollers)
 and origins the same response head, and what the fast path computes from a head (parse,
-Host check, codec cross-check, re-serialised head, client response head) is a function of
-its bytes alone. So each session keeps the last head of each direction that the fast path
-accepted with what it computed; a byte-identical head reuses it. The decision is never
-memoised here (`decide` runs for every request). The codec is not fed a byte-identical
-repeat: it agreed on exactly these bytes before, from the same parser state (a keep-alive
-HTTP/1.1 bodiless message leaves llhttp at a message start; h11 starts each message on a
-fresh connection), so its answer would be the same. Figures (callgrind, the core bench's
-small request repeated, `run_core` under valgrind): ~136k -> ~56k instructions per
-exchange, of which the request memo saves ~54k and the response memo ~30k; a head that is
-not a repeat pays ~2k more than before (the compare and the store).
+Host check, re-serialised head, client response head) is a function of its bytes alone.
+So each session keeps the last head of each direction that the fast path accepted with
+what it computed; a byte-identical head reuses it. The decision is never memoised here
+(`decide` runs for every request). Figures (callgrind, the core bench's small request
+repeated, `run_core` under valgrind): ~136k -> ~56k instructions per exchange, of which
+the request memo saves ~54k and the response memo ~30k; a head that is not a repeat pays
+~2k more than before (the compare and the store).
 """
 
 from __future__ import annotations
@@ -56,7 +70,7 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | None:
     memo = s._req_memo
     if memo is not None and data == memo[0]:
         req = memo[1]
-    else:  # parse a plain head, check its Host, cross-check the codec, build the request
+    else:  # parse a plain head, check its Host, build the request
         limits = s._limits
         if len(data) > limits.max_head_bytes:
             return None
@@ -72,13 +86,9 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | None:
             if not AUTHORITY.fullmatch(host):
                 return None
             s._host_raw, s._host = host_raw, host
-        # The codec reads the same bytes; anything but one agreeing bodiless message goes
-        # to the full path on a fresh codec, which sees exactly what it would have seen.
-        codec = s._codec
-        if not codec.feed_head(data, method, target, version, fields):
-            codec.close()
-            s._codec = s._new_codec(limits.max_head_bytes)
-            return None
+        # No codec here: on every head plain_request accepts, llhttp and h11 read the same
+        # message (test_plain_codec_agreement.py), and the codec's state is left as the
+        # last full-path message left it (see the module docstring).
         if host != host_raw:
             fields[0] = ("host", host)
         req = PreparedRequest(method, version, PROTOCOL[version],
@@ -86,7 +96,7 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | None:
                               "".join(("http://", host, target)),
                               serialise(method, target, fields), BodyKind.NONE, 0,
                               version == "1.1", False, None, False)
-        # HTTP/1.0 closes after this exchange (and llhttp restarts): nothing to repeat
+        # HTTP/1.0 closes after this exchange: nothing to repeat
         if version == "1.1" and len(data) <= MEMO_MAX_HEAD_BYTES:
             s._req_memo = (data, req)
     ex = Exchange(req, s._codec, NO_BODY, False, s._clock_ns())

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from policy.types import HttpRequestMeta
 from proxy.http import fast, request, wire
+from proxy.http import session as session_module
 from proxy.http.actions import Emit, SendClient, SendUpstream
 from proxy.http.codec import HttptoolsCodec
 from proxy.http.limits import HttpLimits
@@ -30,9 +31,10 @@ from proxy.http.request import (
     prepare_request,
 )
 from proxy.http.response import client_response_head, response_framing
+from proxy.http.session_fast import fast_request
 from proxy.http.wire import HttpReject, LengthDecoder, check_request_head
 
-from .harness import CODECS, CONN, allow_all, api_get_only, run_both
+from .harness import CODECS, CONN, allow_all, api_get_only, make, run, run_both
 from .test_differential import requests
 
 
@@ -364,3 +366,107 @@ def test_session_fast_paths_act_like_the_full_path(head: bytes, codec: str, stri
     second = OK_RESPONSE[:-2] if head.startswith(b"HEAD ") else OK_RESPONSE
     run_both(codec, [("client", head), ("upstream", response + data[:cut]), *rest,
                      ("client", head), ("upstream", second)], decide=allow_all)
+
+
+# --- plain and full-path requests on one keep-alive connection -------------------------------
+# The fast path does not feed the codec (test_plain_codec_agreement.py), so the codec must
+# still be at a message start whenever the full path runs after plain requests, and plain
+# requests must act the same after the codec parsed a body. Each script runs on a session
+# whose fast path is on and on one where it is off (every request through the codec), fed
+# the same reads; and, where no body is re-chunked per read, whole vs byte by byte too.
+
+PLAIN_GETS = [b"GET /api/x HTTP/1.1\r\nHost: svc\r\nX-Request-Id: %d\r\n\r\n" % i
+              for i in range(3)]
+CHUNKED = (b"POST /api/x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n0\r\n\r\n")
+NOT_PLAIN = [
+    b"POST /api/x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello",
+    CHUNKED,
+    b"GET /api/x HTTP/1.1\r\nUser-Agent: u\r\nHost: svc\r\n\r\n",  # Host second
+    b"PURGE /api/x HTTP/1.1\r\nHost: svc\r\n\r\n",  # a method llhttp does not know
+    b"GET /api/./x HTTP/1.1\r\nHost: svc\r\n\r\n",  # normalized by the full path
+    b"PUT /api/x HTTP/1.1\r\nHost: svc\r\nContent-Length: 0\r\n\r\n",
+    b"GET /api/x HTTP/1.1\r\nHost: svc\r\nX-Request-Id: 9\r\n\r\n"[:-4],  # a split head
+]
+OBS_FOLD = b"GET /api/x HTTP/1.1\r\nHost: svc\r\nX: a\r\n b\r\n\r\n"
+PLAIN_10 = b"GET /api/x HTTP/1.0\r\nHost: svc\r\n\r\n"  # plain; the connection closes
+
+
+def run_fast_and_full(codec: str,
+                      steps: list[tuple[str, bytes]]) -> tuple[list[tuple[object, ...]], int]:
+    """The same reads with the fast path on and off: the same actions. Also returns how
+    many requests the fast path took."""
+    taken = 0
+
+    def counting(s: object, data: bytes) -> object:
+        nonlocal taken
+        out = fast_request(s, data)  # type: ignore[arg-type]
+        taken += out is not None
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(session_module, "fast_request", counting)
+        fast_on = run(make(codec, decide=allow_all), steps)
+        mp.setattr(session_module, "fast_request", lambda s, data: None)
+        fast_off = run(make(codec, decide=allow_all), steps)
+    assert fast_on == fast_off
+    return fast_on, taken
+
+
+def alternate(others: list[bytes]) -> list[tuple[str, bytes]]:
+    steps: list[tuple[str, bytes]] = []
+    for i, other in enumerate(others):
+        steps += [("client", PLAIN_GETS[i % 3]), ("upstream", OK_RESPONSE), ("client", other)]
+        if other.endswith(b"9"):  # the rest of the split head
+            steps.append(("client", b"\r\n\r\n"))
+        steps.append(("upstream", OK_RESPONSE))
+    return [*steps, ("client", PLAIN_GETS[0]), ("upstream", OK_RESPONSE), ("client", OBS_FOLD)]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_plain_and_full_path_requests_alternate_on_one_connection(codec: str) -> None:
+    got, taken = run_fast_and_full(codec, alternate(NOT_PLAIN))
+    assert taken == len(NOT_PLAIN) + 1  # every plain GET, and nothing else
+    up = [x[1] for x in got if x[0] == "upstream" and isinstance(x[1], bytes)]
+    assert len(up) == 2 * len(NOT_PLAIN) + 1  # every request but the folded one went up
+    assert up[1].endswith(b"\r\n\r\nhello")  # the Content-Length body
+    assert up[3].endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")  # re-chunked as read
+    assert [x[0] for x in got][-2:] == ["client", "close"]
+    assert got[-2][1].startswith(b"HTTP/1.1 400 ")  # type: ignore[attr-defined]
+    run_both(codec, alternate([h for h in NOT_PLAIN if h != CHUNKED]), decide=allow_all)
+
+
+@given(st.sampled_from(CODECS),
+       st.lists(st.sampled_from([*PLAIN_GETS, *NOT_PLAIN[:-1], PLAIN_10, OBS_FOLD]),
+                min_size=1, max_size=8))
+def test_any_mix_of_plain_and_full_path_requests_acts_the_same(codec: str,
+                                                               heads: list[bytes]) -> None:
+    steps: list[tuple[str, bytes]] = []
+    for head in heads:
+        steps += [("client", head), ("upstream", OK_RESPONSE)]
+        if head in (OBS_FOLD, PLAIN_10):  # the connection closes after it
+            break
+    _, taken = run_fast_and_full(codec, steps)
+    assert taken == sum(h in (*PLAIN_GETS, PLAIN_10) for h in heads[: len(steps) // 2])
+    if CHUNKED not in heads:
+        run_both(codec, steps, decide=allow_all)
+
+
+# The tree of the names plain_request leaves to the full path against the plain spelling.
+NOT_PLAIN_REFERENCE = re.compile(
+    r"(?i:transfer-encoding|content-length|connection|expect|upgrade|keep-alive|te|trailer"
+    r"|http2-settings|host):|(?i:proxy-)")
+NOT_PLAIN_WORDS = ["transfer-encoding:", "content-length:", "connection:", "expect:",
+                   "upgrade:", "keep-alive:", "te:", "trailer:", "http2-settings:", "host:",
+                   "proxy-", "content-type:", "contents:", "tea:", "trailers:", "hosts:",
+                   "http2:", "con:", "t:", "x-te:"]
+
+
+@given(st.sampled_from(NOT_PLAIN_WORDS), st.integers(0, 2**20), st.integers(0, 20),
+       st.text(st.sampled_from("ahnost-:x\x80\xff"), max_size=4))
+def test_not_plain_name_tree_is_the_plain_name_set(word: str, flips: int, cut: int,
+                                                   tail: str) -> None:
+    name = "".join(c.swapcase() if flips >> i & 1 else c for i, c in enumerate(word))
+    for text in (name, name[:cut] + tail, tail + name, name[:-1] + tail):
+        assert (re.match(fast._NOT_PLAIN_NAME_S, text) is None) == (
+            NOT_PLAIN_REFERENCE.match(text) is None), text

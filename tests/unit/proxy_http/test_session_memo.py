@@ -1,7 +1,8 @@
 """The fast paths' head memo (proxy/http/session_fast.py): a byte-identical repeat of the
 last plain head reuses what the fast path computed from it. Fed whole, repeats take the
 memo; fed byte by byte, never (run_both asserts both give the same actions). The decision
-still runs for every request, and the codec still sees every head that is not a repeat."""
+still runs for every request; the codec sees no plain head, repeat or not
+(test_plain_codec_agreement.py says why)."""
 
 from __future__ import annotations
 
@@ -69,20 +70,20 @@ def test_a_repeat_reuses_the_request_but_is_decided_again(codec: str) -> None:
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_the_codec_sees_every_head_but_repeats(codec: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_codec_sees_no_plain_head(codec: str, monkeypatch: pytest.MonkeyPatch) -> None:
     h = make(codec, decide=allow_all)
     seen: list[bytes] = []
-    original = type(h.session._codec).feed_head
+    original = type(h.session._codec).feed
 
-    def counting(self: object, head: bytes, *args: object) -> bool:
-        seen.append(head)
-        return original(self, head, *args)  # type: ignore[arg-type]
+    def counting(self: object, data: bytes) -> object:
+        seen.append(data)
+        return original(self, data)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(type(h.session._codec), "feed_head", counting)
+    monkeypatch.setattr(type(h.session._codec), "feed", counting)
     run(h, [("client", GET), ("upstream", OK), ("client", GET), ("upstream", OK),
             ("client", GET_Y), ("upstream", OK), ("client", GET), ("upstream", OK)])
-    assert seen == [GET, GET_Y, GET]
+    assert seen == []
+    assert len(h.metas) == 4  # all four were decided
 
 
 @pytest.mark.parametrize("codec", CODECS)
