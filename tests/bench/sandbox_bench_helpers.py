@@ -172,10 +172,11 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 
 
 def _dnsperf_once(sb: Sandbox, pod: str, server: str, datafile: Path, seconds: float,
-                  outstanding: int, qps: int | None) -> tuple[float, int, int, list[float]]:
+                  outstanding: int, qps: int | None,
+                  port: int = 53) -> tuple[float, int, int, list[float]]:
     """One `dnsperf -v` run inside `pod`: (queries/s, completed, lost, sorted latencies ms)."""
-    argv = ["dnsperf", "-s", server, "-d", str(datafile), "-l", str(seconds), "-c", "1",
-            "-q", str(outstanding), "-t", str(DNSPERF_TIMEOUT_S), "-v"]
+    argv = ["dnsperf", "-s", server, "-p", str(port), "-d", str(datafile), "-l", str(seconds),
+            "-c", "1", "-q", str(outstanding), "-t", str(DNSPERF_TIMEOUT_S), "-v"]
     if qps is not None:
         argv += ["-Q", str(qps)]
     res = sb.exec(pod, argv, timeout=seconds + TOOL_SLACK_S)
@@ -186,11 +187,11 @@ def _dnsperf_once(sb: Sandbox, pod: str, server: str, datafile: Path, seconds: f
 
 def dnsperf(sb: Sandbox, pod: str, server: str, datafile: Path, seconds: int, label: str,
             *, outstanding: int, qps: int | None = None,
-            cpu_pids: dict[str, int] | None = None) -> DnsRun:
+            cpu_pids: dict[str, int] | None = None, port: int = 53) -> DnsRun:
     pids = cpu_pids or {}
     before = _cpu_all(pids)
     qps_val, completed, lost, lat = _dnsperf_once(sb, pod, server, datafile, seconds,
-                                                  outstanding, qps)
+                                                  outstanding, qps, port)
     after = _cpu_all(pids)
     cpu = _per_item_us(before, after, completed)
     load = f"{qps}/s fixed" if qps is not None else f"max, {outstanding} outstanding"
@@ -200,7 +201,7 @@ def dnsperf(sb: Sandbox, pod: str, server: str, datafile: Path, seconds: int, la
 
 def dnsperf_sliced(sb: Sandbox, pod: str, server: str, datafile: Path, label: str,
                    *, outstanding: int, qps: int,
-                   cpu_pids: dict[str, int] | None = None) -> DnsRun:
+                   cpu_pids: dict[str, int] | None = None, port: int = 53) -> DnsRun:
     """`qps` as hoststall.SLICES dnsperf runs of hoststall.SLICE_S s under the host-stall probe
     (in the root namespace: host stalls hit the whole VM). p50/p99 over all slices (raw) and
     over the clean slices; q/s is the mean of the slices'; CPU µs/query over all slices."""
@@ -208,7 +209,7 @@ def dnsperf_sliced(sb: Sandbox, pod: str, server: str, datafile: Path, label: st
     with HostProbe() as probe:
         before = _cpu_all(pids)
         spans = timed_slices(SLICES, lambda: _dnsperf_once(sb, pod, server, datafile, SLICE_S,
-                                                           outstanding, qps))
+                                                           outstanding, qps, port))
         after = _cpu_all(pids)
     completed = sum(s.value[1] for s in spans)
     every = sorted(x for s in spans for x in s.value[3])

@@ -37,6 +37,11 @@ What it measures (all traffic stays inside the sandbox's network namespaces):
    ("CPU wait %", /proc/pressure/cpu "some": other engineers' unlocked jobs raise it, and the
    probe does not count it as a stall) and each slice's p99. The control server (same CPU per
    query, no proxy code) is measured in the loopback bench (test_dns_bench.py) only.
+   Beside the direct runs, in the same agent-less sandbox, a reference row "python DNS
+   floor": tests/bench/dnsfloor.py on node1 (strict question extractor, ID-multiplexed
+   upstream socket, answer check and IP harvest memoised like the product's, a flow tuple
+   per query; no transparency, no map write), i.e. the least a Python DNS proxy spends per
+   query, under the same loads and probe.
 
 Each sandbox configuration needs its own `Sandbox.up` (agents compile BPF at start: 15-60 s
 on a busy 2-core box), so runs are interleaved inside one sandbox (direct vs haproxy) and,
@@ -100,6 +105,8 @@ HAPROXY_PORT = 18080  # on node2's underlay address; nothing else listens there
 FLOOR_PORT = 18090  # the bench-only Python floor forwarder (tests/bench/pyfloor.py), same place
 FLOOR_LABEL = "python floor (bench-only)"
 FLOOR_DP_LABEL = "python floor in the datapath (bench-only)"
+DNS_FLOOR_PORT = 5353  # tests/bench/dnsfloor.py on node1's underlay address (agent-less sandbox)
+DNS_FLOOR_LABEL = "python DNS floor (bench-only)"
 AGENT_SWAP_TIMEOUT_S = 180.0  # the floor agent compiles BPF like any agent (15-60 s, busy box)
 REPO = Path(__file__).resolve().parents[2]
 # every request head differs (x-request-id), as traced traffic does: see the script
@@ -342,6 +349,28 @@ def _pyfloor(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _dnsfloor(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """tests/bench/dnsfloor.py on node1 (beside kube-dns' node), forwarding to kube-dns."""
+    argv = [sys.executable, "-m", "tests.bench.dnsfloor", sb.node_ip("node1"),
+            str(DNS_FLOOR_PORT), sb.pod_ip(DNS_POD), "53"]
+    cmd, env = sb.command("node1", argv)
+    env["PYTHONPATH"] = str(REPO)
+    log = open(tmp_path / "dnsfloor.log", "wb")  # closed below; Popen keeps its own fd
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+    finally:
+        log.close()
+    deadline = time.monotonic() + 30.0
+    while b"listening" not in (tmp_path / "dnsfloor.log").read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_popen(proc)
+            raise AssertionError("DNS floor did not start:\n"
+                                 + (tmp_path / "dnsfloor.log").read_text()[-2000:])
+        time.sleep(0.1)
+    return proc
+
+
 def _floor_agent(sb: Sandbox, node: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     """Replace `node`'s agent by the same agent whose HTTP connections the floor serves
     (pyfloor.py `agent`): same flags, datapath, policies; returns once its API socket is up."""
@@ -476,6 +505,19 @@ def test_dns_proxy_vs_no_agent(slot: Slot, tmp_path: Path) -> None:
         runs.append(dnsperf_sliced(sb, CLIENT, server, datafile, label,
                                    outstanding=DNS_OUTSTANDING, qps=DNS_FIXED_QPS,
                                    cpu_pids=pids))
+        if label == "no agent":  # the Python floor, same sandbox, right after direct
+            floor = _dnsfloor(sb, tmp_path)
+            try:
+                fpids = {"proxy": floor.pid, "dnsmasq": dns_proc.pid}
+                at = sb.node_ip("node1")
+                runs.append(dnsperf(sb, CLIENT, at, datafile, RUN_S, DNS_FLOOR_LABEL,
+                                    outstanding=DNS_OUTSTANDING, cpu_pids=fpids,
+                                    port=DNS_FLOOR_PORT))
+                runs.append(dnsperf_sliced(sb, CLIENT, at, datafile, DNS_FLOOR_LABEL,
+                                           outstanding=DNS_OUTSTANDING, qps=DNS_FIXED_QPS,
+                                           cpu_pids=fpids, port=DNS_FLOOR_PORT))
+            finally:
+                stop_popen(floor)
         slot.close()
 
     base = {r.load: r for r in runs if r.label == "no agent"}
@@ -506,26 +548,31 @@ def test_dns_proxy_vs_no_agent(slot: Slot, tmp_path: Path) -> None:
             print(f"{r.label}, per-slice p99 ms (* = a host stall touched it): " + " ".join(
                 f"{p:.2f}{'' if ok else '*'}" for p, ok in zip(r.slice_p99_ms, r.slice_clean,
                                                               strict=True)))
-    prox = {r.load: r for r in runs if r.label != "no agent"}
-    fixed = next(load for load in prox if load.startswith(f"{DNS_FIXED_QPS}/s"))
-    mx, fx, fx0 = prox[f"max, {DNS_OUTSTANDING} outstanding"], prox[fixed], base[fixed]
-    added = {"p50_raw": fx.p50_ms - fx0.p50_ms, "p99_raw": fx.p99_ms - fx0.p99_ms,
-             "p50_clean": _diff(fx.p50_clean_ms, fx0.p50_clean_ms),
-             "p99_clean": _diff(fx.p99_clean_ms, fx0.p99_clean_ms)}
-    print(f"l7gate DNS proxy: max {mx.qps:,.0f} q/s (target >= {TARGET_DNS_QPS:,}: "
-          f"{_verdict(mx.qps >= TARGET_DNS_QPS)}); at {DNS_FIXED_QPS:,}/s p50 added: "
-          f"{_added_verdict(added['p50_clean'], TARGET_DNS_P50_ADDED_MS, 'clean slices')}, "
-          f"{_added_verdict(added['p50_raw'], TARGET_DNS_P50_ADDED_MS, 'all slices (raw)')}; "
-          f"p99 added: "
-          f"{_added_verdict(added['p99_clean'], TARGET_DNS_P99_ADDED_MS, 'clean slices')} "
-          f"(p99 {_ms(fx.p99_clean_ms)} ms), "
-          f"{_added_verdict(added['p99_raw'], TARGET_DNS_P99_ADDED_MS, 'all slices (raw)')} "
-          f"(p99 {fx.p99_ms:.3f} ms); clean slices {fx0.clean_slices}/{fx0.slices} no agent, "
-          f"{fx.clean_slices}/{fx.slices} proxy")
+    summaries: dict[str, dict[str, float | None]] = {}
+    for who in (DNS_FLOOR_LABEL, "l7gate DNS proxy"):
+        prox = {r.load: r for r in runs if r.label == who}
+        fixed = next(load for load in prox if load.startswith(f"{DNS_FIXED_QPS}/s"))
+        mx, fx, fx0 = prox[f"max, {DNS_OUTSTANDING} outstanding"], prox[fixed], base[fixed]
+        added = {"p50_raw": fx.p50_ms - fx0.p50_ms, "p99_raw": fx.p99_ms - fx0.p99_ms,
+                 "p50_clean": _diff(fx.p50_clean_ms, fx0.p50_clean_ms),
+                 "p99_clean": _diff(fx.p99_clean_ms, fx0.p99_clean_ms)}
+        summaries[who] = added
+        print(f"{who}: max {mx.qps:,.0f} q/s (target >= {TARGET_DNS_QPS:,}: "
+              f"{_verdict(mx.qps >= TARGET_DNS_QPS)}); at {DNS_FIXED_QPS:,}/s p50 added: "
+              f"{_added_verdict(added['p50_clean'], TARGET_DNS_P50_ADDED_MS, 'clean slices')}, "
+              f"{_added_verdict(added['p50_raw'], TARGET_DNS_P50_ADDED_MS, 'all slices (raw)')}"
+              f"; p99 added: "
+              f"{_added_verdict(added['p99_clean'], TARGET_DNS_P99_ADDED_MS, 'clean slices')} "
+              f"(p99 {_ms(fx.p99_clean_ms)} ms), "
+              f"{_added_verdict(added['p99_raw'], TARGET_DNS_P99_ADDED_MS, 'all slices (raw)')} "
+              f"(p99 {fx.p99_ms:.3f} ms); clean slices {fx0.clean_slices}/{fx0.slices} no "
+              f"agent, {fx.clean_slices}/{fx.slices} {who}")
     write_json("sandbox_dns_proxy", {"runs": runs, "names": list(DNS_NAMES),
                                      "seconds": RUN_S, "slices": SLICES, "slice_s": SLICE_S,
-                                     "fixed_added_ms": added})
+                                     "fixed_added_ms": summaries["l7gate DNS proxy"],
+                                     "fixed_added_ms_by_setup": summaries})
     for r in runs:
         assert r.completed > 0, r
-    # the DNS proxy was in the path: node1's agent worked for those queries
-    assert all(r.cpu_us_per_q["proxy"] > 0 for r in prox.values()), prox
+    # the DNS proxy was in the path: node1's agent worked for those queries (and the floor
+    # for its own)
+    assert all(r.cpu_us_per_q["proxy"] > 0 for r in runs if r.label != "no agent"), runs
