@@ -59,7 +59,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -334,41 +334,41 @@ def _haproxy(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _pyfloor(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
-    """tests/bench/pyfloor.py beside haproxy: what the least Python per request costs."""
-    argv = [sys.executable, "-m", "tests.bench.pyfloor", sb.node_ip("node2"), str(FLOOR_PORT),
-            sb.pod_ip(API), str(API_PORT)]
-    cmd, env = sb.command("node2", argv)
+def _start_python(sb: Sandbox, node: str, args: list[str], log: Path,
+                  ready: Callable[[], bool] | None = None,
+                  timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
+    """`python -m ARGS` from the repo inside `node`'s netns, output to `log`; when `ready` is
+    given, wait (bounded) until it holds, stopping the process if it never does."""
+    cmd, env = sb.command(node, [sys.executable, "-m", *args])
     env["PYTHONPATH"] = str(REPO)
-    log = open(tmp_path / "pyfloor.log", "wb")  # closed below; Popen keeps its own fd
+    fh = open(log, "wb")  # closed below; Popen keeps its own fd
     try:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
     finally:
-        log.close()
+        fh.close()
+    deadline = time.monotonic() + timeout_s
+    while ready is not None and not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_popen(proc)
+            raise AssertionError(f"{args[0]} did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
     return proc
+
+
+def _pyfloor(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """tests/bench/pyfloor.py beside haproxy: what the least Python per request costs."""
+    return _start_python(sb, "node2", ["tests.bench.pyfloor", sb.node_ip("node2"),
+                                       str(FLOOR_PORT), sb.pod_ip(API), str(API_PORT)],
+                         tmp_path / "pyfloor.log")
 
 
 def _dnsfloor(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
     """tests/bench/dnsfloor.py on node1 (beside kube-dns' node), forwarding to kube-dns."""
-    argv = [sys.executable, "-m", "tests.bench.dnsfloor", sb.node_ip("node1"),
-            str(DNS_FLOOR_PORT), sb.pod_ip(DNS_POD), "53"]
-    cmd, env = sb.command("node1", argv)
-    env["PYTHONPATH"] = str(REPO)
-    log = open(tmp_path / "dnsfloor.log", "wb")  # closed below; Popen keeps its own fd
-    try:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
-    finally:
-        log.close()
-    deadline = time.monotonic() + 30.0
-    while b"listening" not in (tmp_path / "dnsfloor.log").read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_popen(proc)
-            raise AssertionError("DNS floor did not start:\n"
-                                 + (tmp_path / "dnsfloor.log").read_text()[-2000:])
-        time.sleep(0.1)
-    return proc
+    log = tmp_path / "dnsfloor.log"
+    return _start_python(sb, "node1", ["tests.bench.dnsfloor", sb.node_ip("node1"),
+                                       str(DNS_FLOOR_PORT), sb.pod_ip(DNS_POD), "53"],
+                         log, ready=lambda: b"listening" in log.read_bytes())
 
 
 def _floor_agent(sb: Sandbox, node: str, tmp_path: Path) -> subprocess.Popen[bytes]:
@@ -382,22 +382,8 @@ def _floor_agent(sb: Sandbox, node: str, tmp_path: Path) -> subprocess.Popen[byt
     stop([proc], 10.0)
     _reap_child(proc.pid)
     sock.unlink(missing_ok=True)  # the new agent creates it when ready
-    cmd, env = sb.command(node, [sys.executable, "-m", "tests.bench.pyfloor", *args])
-    env["PYTHONPATH"] = str(REPO)
-    log = open(tmp_path / "floor-agent.log", "wb")  # closed below; Popen keeps its own fd
-    try:
-        floor = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
-    finally:
-        log.close()
-    deadline = time.monotonic() + AGENT_SWAP_TIMEOUT_S
-    while not sock.exists():
-        if floor.poll() is not None or time.monotonic() > deadline:
-            stop_popen(floor)
-            raise AssertionError("floor agent did not start:\n"
-                                 + (tmp_path / "floor-agent.log").read_text()[-2000:])
-        time.sleep(0.2)
-    return floor
+    return _start_python(sb, node, ["tests.bench.pyfloor", *args], tmp_path / "floor-agent.log",
+                         ready=sock.exists, timeout_s=AGENT_SWAP_TIMEOUT_S)
 
 
 @pytest.mark.timeout(TEST_TIMEOUT_S)
