@@ -7,7 +7,10 @@ What it measures (all traffic stays inside the sandbox's network namespaces):
    (Gbit/s); ratio with/without agent (issue target >= 0.9).
 2. HTTP L7 proxy: wrk -t1 at c=1/16/64 to /api/users: (a) direct, no agent; (c) haproxy as a
    plain forwarder (`nbthread 1`, `http-reuse always`) in node2's netns, same sandbox,
-   interleaved with (a); (b) through node2's agent with the reference policies, once per
+   interleaved with (a), once before and once after the agent sandboxes (the machine's
+   speed drifts by up to 2x within minutes; every ratio is taken against the mean of the
+   two passes, which cancels a steady drift); (b) through node2's agent with the reference
+   policies, once per
    `--http-codec` (L7GATE_BENCH_CODECS, default `auto,httptools,h11`; `auto` is httptools when
    installed). Proxy CPU µs/request = Δ(utime+stime) of node2's agent (all its threads) or of
    haproxy / requests. Issue targets: c=64 req/s >= 0.8 x haproxy, p99 <= 1.5 x haproxy;
@@ -105,6 +108,9 @@ HAPROXY_PORT = 18080  # on node2's underlay address; nothing else listens there
 FLOOR_PORT = 18090  # the bench-only Python floor forwarder (tests/bench/pyfloor.py), same place
 FLOOR_LABEL = "python floor (bench-only)"
 FLOOR_DP_LABEL = "python floor in the datapath (bench-only)"
+DIRECT = "direct (no agent)"
+HAPROXY = "haproxy"
+HTTP_AFTER_SUFFIX = ", after"  # the second pass of direct / haproxy, after the agent runs
 DNS_FLOOR_PORT = 5353  # tests/bench/dnsfloor.py on node1's underlay address (agent-less sandbox)
 DNS_FLOOR_LABEL = "python DNS floor (bench-only)"
 AGENT_SWAP_TIMEOUT_S = 180.0  # the floor agent compiles BPF like any agent (15-60 s, busy box)
@@ -226,6 +232,15 @@ def _http_code(sb: Sandbox, pod: str, url: str) -> int:
     res = sb.exec(pod, ["curl", "-s", "-o", "/dev/null", "-m", "3", "-w", "%{http_code}", url],
                   timeout=20)
     return int(res.stdout or 0)
+
+
+def _mean_run(a: WrkRun, b: WrkRun) -> WrkRun:
+    """The mean of two runs of one setup (rates, percentiles and CPU per request)."""
+    cpu = {k: (a.cpu_us_per_req[k] + b.cpu_us_per_req[k]) / 2
+           for k in a.cpu_us_per_req.keys() & b.cpu_us_per_req.keys()}
+    return WrkRun(a.label + " (mean)", a.conns, a.requests + b.requests, (a.rps + b.rps) / 2,
+                  (a.p50_ms + b.p50_ms) / 2, (a.p99_ms + b.p99_ms) / 2, a.errors + b.errors,
+                  cpu)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -390,30 +405,39 @@ def _floor_agent(sb: Sandbox, node: str, tmp_path: Path) -> subprocess.Popen[byt
 def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
     results: list[WrkRun] = []
     path = "/api/users"
-    # (a) direct and (c) haproxy: one agent-less sandbox, interleaved per connection count
-    sb = slot.up(agents=False)
-    hap = _haproxy(sb, tmp_path)
-    floor = _pyfloor(sb, tmp_path)
-    try:
-        wait_listening(sb, "node2", HAPROXY_PORT, hap)
-        wait_listening(sb, "node2", FLOOR_PORT, floor)
-        direct_url = f"http://{sb.pod_ip(API)}:{API_PORT}{path}"
-        hap_url = f"http://{sb.node_ip('node2')}:{HAPROXY_PORT}{path}"
-        floor_url = f"http://{sb.node_ip('node2')}:{FLOOR_PORT}"
-        assert _http_code(sb, CLIENT, hap_url) == 200
-        assert _http_code(sb, CLIENT, floor_url + path) == 200
-        assert _http_code(sb, CLIENT, floor_url + "/private") == 403
-        for conns in CONCURRENCY:
-            results.append(wrk(sb, CLIENT, direct_url, conns, RUN_S, "direct (no agent)",
-                               script=VARYING_REQUEST))
-            results.append(wrk(sb, CLIENT, hap_url, conns, RUN_S, "haproxy",
-                               {"proxy": hap.pid}, script=VARYING_REQUEST))
-            results.append(wrk(sb, CLIENT, floor_url + path, conns, RUN_S, FLOOR_LABEL,
-                               {"proxy": floor.pid}, script=VARYING_REQUEST))
-    finally:
-        stop_popen(floor)
-        stop_popen(hap)
-        slot.close()
+
+    def references(after: bool) -> None:
+        """(a) direct and (c) haproxy in one agent-less sandbox, interleaved per connection
+        count; the floor beside them on the first pass only."""
+        sb = slot.up(agents=False)
+        hap = _haproxy(sb, tmp_path)
+        floor = None if after else _pyfloor(sb, tmp_path)
+        suffix = HTTP_AFTER_SUFFIX if after else ""
+        try:
+            wait_listening(sb, "node2", HAPROXY_PORT, hap)
+            direct_url = f"http://{sb.pod_ip(API)}:{API_PORT}{path}"
+            hap_url = f"http://{sb.node_ip('node2')}:{HAPROXY_PORT}{path}"
+            floor_url = f"http://{sb.node_ip('node2')}:{FLOOR_PORT}"
+            assert _http_code(sb, CLIENT, hap_url) == 200
+            if floor is not None:
+                wait_listening(sb, "node2", FLOOR_PORT, floor)
+                assert _http_code(sb, CLIENT, floor_url + path) == 200
+                assert _http_code(sb, CLIENT, floor_url + "/private") == 403
+            for conns in CONCURRENCY:
+                results.append(wrk(sb, CLIENT, direct_url, conns, RUN_S, DIRECT + suffix,
+                                   script=VARYING_REQUEST))
+                results.append(wrk(sb, CLIENT, hap_url, conns, RUN_S, HAPROXY + suffix,
+                                   {"proxy": hap.pid}, script=VARYING_REQUEST))
+                if floor is not None:
+                    results.append(wrk(sb, CLIENT, floor_url + path, conns, RUN_S, FLOOR_LABEL,
+                                       {"proxy": floor.pid}, script=VARYING_REQUEST))
+        finally:
+            if floor is not None:
+                stop_popen(floor)
+            stop_popen(hap)
+            slot.close()
+
+    references(after=False)
     # (b) l7gate's HTTP proxy on node2, one sandbox per codec
     policies = _reference_policies(tmp_path)
     for codec in CODECS:
@@ -438,11 +462,16 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
             finally:
                 stop_popen(floor_agent)
         slot.close()
+    # direct and haproxy again: the machine's speed drifts by up to 2x within minutes, and
+    # the mean of the runs before and after the agent sandboxes cancels a steady drift
+    references(after=True)
 
     by = {(r.label, r.conns): r for r in results}
+    ref = {(name, conns): _mean_run(by[(name, conns)], by[(name + HTTP_AFTER_SUFFIX, conns)])
+           for name in (DIRECT, HAPROXY) for conns in CONCURRENCY}
     rows = []
     for r in results:
-        d, h = by[("direct (no agent)", r.conns)], by[("haproxy", r.conns)]
+        d, h = ref[(DIRECT, r.conns)], ref[(HAPROXY, r.conns)]
         rows.append([r.label, r.conns, f"{r.rps:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
                      cpu_cell(r.cpu_us_per_req, "proxy"),
                      f"{_ratio(r.rps, d.rps):.2f}", f"{r.p50_ms - d.p50_ms:+.3f}",
@@ -450,13 +479,18 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
     rows.sort(key=lambda row: (row[1], [x.label for x in results].index(row[0])))
     print()
     print(table(f"HTTP: frontend -> my-api {path} (wrk -t1 -d{RUN_S}s, a distinct x-request-id "
-                "per request; proxy CPU = node2 agent, haproxy or the floor)",
+                "per request; proxy CPU = node2 agent, haproxy or the floor; ratios against "
+                "the mean of the direct / haproxy runs before and after the agent sandboxes)",
                 ["setup", "conns", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/req (user+sys)",
                  "req/s vs direct", "p50 added ms", "req/s vs haproxy", "p99 vs haproxy"],
                 rows))
+    for conns in CONCURRENCY:
+        d, h = ref[(DIRECT, conns)], ref[(HAPROXY, conns)]
+        print(f"c={conns} references (mean of before/after): direct {d.rps:,.0f} req/s "
+              f"p50 {d.p50_ms:.3f} ms; haproxy {h.rps:,.0f} req/s p99 {h.p99_ms:.3f} ms")
     for label in [FLOOR_LABEL, FLOOR_DP_LABEL, *(f"l7gate ({codec})" for codec in CODECS)]:
-        r64, h64 = by[(label, 64)], by[("haproxy", 64)]
-        r1, d1 = by[(label, 1)], by[("direct (no agent)", 1)]
+        r64, h64 = by[(label, 64)], ref[(HAPROXY, 64)]
+        r1, d1 = by[(label, 1)], ref[(DIRECT, 1)]
         rps_r, p99_r, added = (_ratio(r64.rps, h64.rps), _ratio(r64.p99_ms, h64.p99_ms),
                                r1.p50_ms - d1.p50_ms)
         print(f"{label}: c=64 req/s {rps_r:.2f} x haproxy (target >= "
@@ -465,7 +499,8 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
               f"{_verdict(p99_r <= TARGET_HTTP_P99_VS_HAPROXY)}); c=1 p50 added "
               f"{added:+.3f} ms (target <= {TARGET_HTTP_P50_ADDED_MS}: "
               f"{_verdict(added <= TARGET_HTTP_P50_ADDED_MS)})")
-    write_json("sandbox_http_proxy", {"runs": results, "path": path, "seconds": RUN_S})
+    write_json("sandbox_http_proxy", {"runs": results, "references": list(ref.values()),
+                                      "path": path, "seconds": RUN_S})
     for r in results:
         assert r.requests > 0 and r.errors == 0, r
 
