@@ -273,29 +273,31 @@ class ClusterState:
                    proto: Proto = Proto.UDP) -> Verdict:
         key = (str(src_ip), str(server_ip), dport, proto, qname)
         verdict = self._dns_verdicts.get(key)
-        if verdict is not None:
-            return verdict
-        src_ep = self.local_endpoint_str(key[0])
+        return verdict if verdict is not None else self._decide_dns_miss(key)
+
+    def decide_dns_conn(self, conn: Any, qname: str) -> Verdict:
+        """`decide_dns` for the DNS proxy's connection tuple (`src_ip`, `dst_ip`, `dst_port`,
+        `proto` "UDP" | "TCP"), whose addresses are already strings: the memo key is built
+        with no conversion (once per query; the str() calls and the enum lookup cost about
+        as much as the hit itself)."""
+        proto = _PROTO_TCP if getattr(conn, "proto", "UDP") == "TCP" else _PROTO_UDP
+        key = (conn.src_ip, conn.dst_ip, conn.dst_port, proto, qname)
+        verdict = self._dns_verdicts.get(key)
+        return verdict if verdict is not None else self._decide_dns_miss(key)
+
+    def _decide_dns_miss(self, key: tuple[str, str, int, Proto, str]) -> Verdict:
+        """Decide and remember (memo key: src, server, port, proto, qname)."""
+        src_ip, server_ip, dport, proto, qname = key
+        src_ep = self.local_endpoint_str(src_ip)
         if src_ep is None:
             verdict = Verdict(Decision.DENIED, NO_REDIRECT_RULE, DropReason.POLICY_DENIED)
         else:
-            verdict = decide_dns(self.snapshot, src_ep, self.peer_str(key[1]), dport, qname,
+            verdict = decide_dns(self.snapshot, src_ep, self.peer_str(server_ip), dport, qname,
                                  proto)
         if len(self._dns_verdicts) >= DNS_VERDICT_CACHE_MAX:
             self._dns_verdicts.clear()
         self._dns_verdicts[key] = verdict
         return verdict
-
-    def decide_dns_conn(self, conn: Any, qname: str) -> Verdict:
-        """`decide_dns` for the DNS proxy's connection tuple (`src_ip`, `dst_ip`, `dst_port`,
-        `proto` "UDP" | "TCP"): the verdict memo is read with no conversion first (once per
-        query; the str() calls and the enum lookup cost about as much as the hit itself)."""
-        proto = _PROTO_TCP if getattr(conn, "proto", "UDP") == "TCP" else _PROTO_UDP
-        src_ip, dst_ip, dport = conn.src_ip, conn.dst_ip, conn.dst_port
-        verdict = self._dns_verdicts.get((src_ip, dst_ip, dport, proto, qname))
-        if verdict is not None:
-            return verdict
-        return self.decide_dns(src_ip, dst_ip, dport, qname, proto)
 
     def peer_str(self, ip: str) -> Peer:
         """`peer` (without DNS names) for a string address, memoized."""
