@@ -73,7 +73,8 @@ class _Front(asyncio.DatagramProtocol):
     def answer(self, data: bytes) -> None:
         if len(data) < 12:
             return
-        got = self.pending.pop(int.from_bytes(data[:2], "big"), None)
+        our_id = int.from_bytes(data[:2], "big")
+        got = self.pending.pop(our_id, None)
         if got is None:
             return
         query, addr, started = got
@@ -81,7 +82,7 @@ class _Front(asyncio.DatagramProtocol):
         ips = self.memo.get(key)
         if ips is None:
             try:
-                ips = analyze_answer(query, data, expected_id=int.from_bytes(data[:2], "big")).ips
+                ips = analyze_answer(query, data, expected_id=our_id).ips
             except RemoteProtocolError:
                 return
             if len(self.memo) >= ANSWER_MEMO_MAX:

@@ -43,6 +43,7 @@ import uvloop
 
 from policy.model import FullRegex
 from proxy.http.fast import plain_request, plain_response
+from redirect.origdst import IP_TRANSPARENT
 
 MAX_HEADERS = 100  # the proxy's default limit is of the same order
 RING_CAPACITY = 8191  # the agent's flow ring (observe/ring.py DEFAULT_CAPACITY)
@@ -159,7 +160,6 @@ class TransparentClient(_Client):
         asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
-        from redirect.origdst import IP_TRANSPARENT
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
