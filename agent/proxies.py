@@ -24,7 +24,7 @@ async def start_http_proxy(agent: Agent) -> HttpProxyServer:
     cfg = agent.cfg
     transparent = cfg.enable_datapath
     server = HttpProxyServer(
-        (LISTEN_ADDR, cfg.http_proxy_port), agent.decide_http, agent.emit_l7,
+        (LISTEN_ADDR, cfg.http_proxy_port), agent.decide_http, agent.queue_l7,
         transparent=transparent,
         upstream_mark=agent.upstream_mark if transparent else None,
         bind_source_transparently=transparent,
@@ -39,7 +39,7 @@ async def start_dns_proxy(agent: Agent) -> tuple[DnsProxyServer, int]:
     cfg = agent.cfg
     transparent = cfg.enable_datapath
     server = DnsProxyServer(
-        (LISTEN_ADDR, cfg.dns_proxy_port), agent.decide_dns, agent.learn_dns, agent.emit_l7,
+        (LISTEN_ADDR, cfg.dns_proxy_port), agent.decide_dns, agent.learn_dns, agent.queue_l7,
         transparent=transparent,
         upstream_mark=agent.upstream_mark if transparent else None,
         reject_rcode=cfg.dns_reject,

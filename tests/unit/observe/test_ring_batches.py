@@ -75,3 +75,50 @@ def test_counts_and_bounds_hold(kinds: list[bool], capacity: int, batch: int) ->
     if evicted_pref:
         newest_pushed_before = max(evicted_pref)
         assert all(kinds[s - 1] for s in held if s < newest_pushed_before)
+
+
+def _replay(capacity: int, evict: int, batches: list[list[tuple[int, int]]],
+            many: bool) -> tuple[object, ...]:
+    """Push `batches` (lists of (kind index, time)) one flow at a time or with push_many;
+    return everything a reader, a subscriber and on_lost can observe."""
+    kinds = [EventKind.L7, EventKind.TRACE, EventKind.DROP]
+    lost: list[tuple[str, int]] = []
+    seen: list[tuple[int, int]] = []
+    ring = FlowRing(capacity=capacity, evict_batch=evict,
+                    on_lost=lambda s, n: lost.append((s, n)))
+    ring.subscribe(lambda seq, f: seen.append((seq, f.time_ns)))
+    for batch in batches:
+        flows = [Flow(time_ns=t, verdict=FlowVerdict.FORWARDED, kind=kinds[k])
+                 for k, t in batch]
+        if many:
+            ring.push_many(flows)
+        else:
+            for f in flows:
+                ring.push(f)
+    read = ring.after(0)
+    return ([(seq, f.time_ns, f.kind) for seq, f in read.flows],
+            [(s.count, s.first_seq, s.last_seq, s.first_ns, s.last_ns) for s in ring.losses()],
+            ring.stats(), sorted(lost), seen, ring.last_seq)
+
+
+@given(batches=st.lists(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 10**6)),
+                                 max_size=60), max_size=12),
+       capacity=st.integers(1, 50), evict=st.integers(1, 50))
+def test_push_many_is_pushing_one_by_one(batches: list[list[tuple[int, int]]], capacity: int,
+                                          evict: int) -> None:
+    """Whatever the mix of kinds, batch sizes and ring sizes (so both the one-extend path
+    and the per-flow path run): the same flows, seqs, losses, stats, callbacks."""
+    evict = min(evict, capacity)
+    assert _replay(capacity, evict, batches, True) == _replay(capacity, evict, batches, False)
+
+
+def test_push_many_takes_the_extend_path_on_a_full_ring_of_l7_flows() -> None:
+    """The agent's case: L7 batches into a full ring; evictions take older flows only."""
+    calls: list[tuple[str, int]] = []
+    ring = FlowRing(capacity=16, evict_batch=4, on_lost=lambda s, n: calls.append((s, n)))
+    ring.push_many([_flow(i * S, preferred=True) for i in range(1, 17)])
+    assert calls == [] and ring.stats().size == 16
+    ring.push_many([_flow(i * S, preferred=True) for i in range(17, 23)])  # 6 over: 2 batches
+    assert calls == [(SOURCE_RING, 4), (SOURCE_RING, 4)]
+    assert [seq for seq, _ in ring.last(100).flows] == list(range(9, 23))
+    assert ring.push_many([]) is None and ring.last_seq == 22

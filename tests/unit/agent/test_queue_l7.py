@@ -1,0 +1,87 @@
+"""The agent's batched proxy sink: `queue_l7` + `flush_l7` publish exactly what `emit_l7`
+publishes per flow (ring, seqs, metrics), once per event-loop iteration, and flush before
+anything that would change how a queued flow is bound (a reload, a DNS answer)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+from prometheus_client import generate_latest
+
+from agent.daemon import Agent, AgentConfig
+from observe.flow import Flow, FlowVerdict
+from proxy.http.flows import lazy_http_flow
+
+SRC = SimpleNamespace(src_ip="10.244.1.10", dst_ip="10.244.2.10", src_port=40000, dst_port=8080)
+
+
+def _flows(n: int) -> list[Flow]:
+    out = []
+    for i in range(n):
+        req = SimpleNamespace(method="GET" if i % 3 else "POST", url=f"http://my-api/api/{i}",
+                              protocol="HTTP/1.1")
+        verdict = FlowVerdict.DROPPED if i % 3 == 0 else FlowVerdict.FORWARDED
+        code = 403 if verdict is FlowVerdict.DROPPED else 200
+        l7_type, latency = ("REQUEST", 0) if code == 403 else ("RESPONSE", i)
+        out.append(lazy_http_flow(1000 + i, verdict, SRC, req, code,  # type: ignore[arg-type]
+                                  l7_type, latency))
+    return out
+
+
+def _agent(cfg: AgentConfig) -> Agent:
+    agent = Agent(cfg)
+    agent.prepare()
+    return agent
+
+
+def _observable(agent: Agent) -> tuple[object, ...]:
+    """What readers see: flows as JSON with their seqs, and the metrics without times."""
+    flows = [(seq, f.to_json()) for seq, f in agent.ring.after(0).flows]
+    text = [ln for ln in generate_latest(agent.registry).splitlines()
+            if b"_created" not in ln and b"process_" not in ln and b"python_" not in ln]
+    return flows, text
+
+
+def test_batches_publish_what_emit_publishes(cfg: AgentConfig) -> None:
+    one, batched = _agent(cfg), _agent(cfg)
+    for f in _flows(40):
+        one.emit_l7(f)
+
+    async def run() -> None:
+        batched._call_soon = asyncio.get_running_loop().call_soon
+        flows = _flows(40)
+        for f in flows[:25]:
+            batched.queue_l7(f)
+        assert batched.ring.last_seq == 0  # nothing published inside the iteration
+        await asyncio.sleep(0)
+        assert batched.ring.last_seq == 25 and batched._l7_pending == []
+        for f in flows[25:]:
+            batched.queue_l7(f)
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert batched.ring.last_seq == 40
+    assert _observable(batched) == _observable(one)
+
+
+def test_without_a_loop_queue_publishes_at_once(cfg: AgentConfig) -> None:
+    agent = _agent(cfg)
+    agent.queue_l7(_flows(1)[0])
+    assert agent.ring.last_seq == 1 and agent._l7_pending == []
+
+
+def test_reload_and_dns_answers_flush_first(cfg: AgentConfig, tmp_path: Path) -> None:
+    agent = _agent(cfg)
+    old = agent.state
+    agent._call_soon = lambda fn: None  # a loop that has not run the flush yet
+    agent.queue_l7(_flows(1)[0])
+    assert agent.ring.last_seq == 0
+    assert agent.reload()  # same files, new state object
+    assert agent.state is not old and agent.ring.last_seq == 1
+    (_, flow), = agent.ring.after(0).flows
+    assert flow._bound[1] is old.memo[("endpoint_json", "10.244.1.10", 0)]  # type: ignore[attr-defined]
+    agent.queue_l7(_flows(2)[1])
+    agent.learn_dns(SimpleNamespace(src_ip="10.244.1.10"), "example.com", [])
+    assert agent.ring.last_seq == 2 and agent._l7_pending == []
