@@ -144,12 +144,35 @@ class HttpSession:
         if self.state is ClientState.HEAD and not self._buf and data.endswith(b"\r\n\r\n"):
             fast = fast_request(self, data)
             if fast is not None:
-                return fast
+                return [SendUpstream(fast)] if isinstance(fast, bytes) else fast
+        self._buf += data
+        self._pump_client(out)
+        return out
+
+    def feed_client_full(self, data: bytes) -> list[Action]:
+        """`feed_client(data)` for a read `fast_request` declined (returned None, which
+        changes nothing) in state HEAD with nothing buffered: the server's express lane
+        (server.py) calls fast_request itself and this when it declines."""
+        out: list[Action] = []
         self._buf += data
         self._pump_client(out)
         return out
 
     def feed_upstream(self, data: bytes) -> list[Action]:
+        ex = self._ex
+        if (self.up_state is UpstreamState.HEAD and ex is not None and data and not self._rbuf
+                and self.state is not ClientState.CLOSED):
+            fast = fast_response(self, ex, data)
+            if fast is not None:
+                if isinstance(fast, tuple):  # the exchange is over: what _exchange_done adds
+                    return [Emit(fast[0]), SendClient(fast[1]),
+                            RELEASE_REUSABLE if fast[2] else RELEASE_BROKEN]
+                return fast
+        return self.feed_upstream_full(data)
+
+    def feed_upstream_full(self, data: bytes) -> list[Action]:
+        """`feed_upstream(data)` for a read `fast_response` declined (None changes nothing)
+        or that the fast path does not take (the server's express lane, server.py)."""
         out: list[Action] = []
         if self.state is ClientState.CLOSED:
             return out
@@ -158,10 +181,6 @@ class HttpSession:
                 return [SendClient(data)]
             return self._close(out)
         ex = self._ex
-        if self.up_state is UpstreamState.HEAD and ex is not None and data and not self._rbuf:
-            fast = fast_response(self, ex, data)
-            if fast is not None:
-                return fast
         if ex is None or not ex.forward or self.up_state is UpstreamState.IDLE:
             if data:  # bytes nobody asked for: the connection cannot be trusted
                 self._stats.upstream_errors += 1
@@ -494,6 +513,20 @@ class HttpSession:
             self._exchange_done(ex, out)
         else:  # the origin answered before the request body ended: do not guess, close
             self._close(out)
+
+    def express_done(self, ex: Exchange) -> bool:
+        """The response to `ex` has been read whole: when nothing else follows (the request
+        is done, the client stays, no pipelined bytes wait), make the state changes of
+        `_response_done` + `_exchange_done` without their actions and return True (the
+        caller releases the upstream as they would); else change nothing, return False."""
+        if not ex.req_done or self._close_after or self._client_eof or self._buf:
+            return False
+        ex.resp_done = True
+        self.up_state = UpstreamState.IDLE
+        self._rbuf.clear()
+        self._ex = None
+        self.state = ClientState.HEAD
+        return True
 
     def _exchange_done(self, ex: Exchange, out: list[Action]) -> None:
         out.append(RELEASE_REUSABLE if ex.reusable else RELEASE_BROKEN)

@@ -42,9 +42,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from observe.flow import FlowVerdict
+from observe.flow import Flow, FlowVerdict
 from policy.types import Decision
-from proxy.http.actions import Action, Emit, SendClient, SendUpstream
+from proxy.http.actions import Action, Emit, SendClient
 from proxy.http.exchange import NO_BODY, ClientState, Exchange, UpstreamState
 from proxy.http.fast import plain_request, plain_response
 from proxy.http.request import AUTHORITY, PROTOCOL, BodyKind, PreparedRequest, new_meta, serialise
@@ -66,7 +66,7 @@ RequestMemo = tuple[bytes, PreparedRequest]
 ResponseMemo = tuple[bytes, int, bool, int, bytes]
 
 
-def fast_request(s: HttpSession, data: bytes) -> list[Action] | None:
+def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
     memo = s._req_memo
     if memo is not None and data == memo[0]:
         req = memo[1]
@@ -119,10 +119,11 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | None:
         s._close_after = True
     s.up_state = UpstreamState.HEAD
     s.state = ClientState.WAIT
-    return [SendUpstream(req.upstream_head)]
+    return req.upstream_head  # for the upstream: SendUpstream(it) is the only action
 
 
-def fast_response(s: HttpSession, ex: Exchange, data: bytes) -> list[Action] | None:
+def fast_response(s: HttpSession, ex: Exchange,
+                  data: bytes) -> list[Action] | tuple[Flow, bytes, bool] | None:
     req = ex.req
     if req.method == "HEAD" or req.is_connect:
         return None
@@ -161,7 +162,10 @@ def fast_response(s: HttpSession, ex: Exchange, data: bytes) -> list[Action] | N
     # the shared ending (_response_done: release or close, next pipelined request).
     ex.resp_started = True
     ex.reusable = reusable
-    out = [Emit(s._flow(ex, FlowVerdict.FORWARDED, status, "RESPONSE")),
-           SendClient(head_b + data[end:] if length else head_b)]
-    s._response_done(ex, out)
-    return out
+    flow = s._flow(ex, FlowVerdict.FORWARDED, status, "RESPONSE")
+    body = head_b + data[end:] if length else head_b
+    if s.express_done(ex):  # nothing follows: the flow, the bytes, then release
+        return flow, body, reusable
+    actions: list[Action] = [Emit(flow), SendClient(body)]
+    s._response_done(ex, actions)
+    return actions

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
@@ -23,6 +23,18 @@ SCENARIO_TIMEOUT_S = 60.0
 Scenario = Callable[[HttpProxyServer, Origin, list[Flow]], Awaitable[None]]
 
 
+EXPRESS = {"on": True}  # set per test by the `express` fixture below
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["express", "no-express"])
+def express(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Every scenario runs with the server's express lane and without it (server.py's
+    module doc): the lane must change nothing a client, an origin or a flow reader sees."""
+    EXPRESS["on"] = request.param
+    yield request.param
+    EXPRESS["on"] = True
+
+
 def run_scenario(scenario: Scenario, codec: str = "auto", **limits: object) -> None:
     async def main() -> None:
         origin = Origin()
@@ -31,7 +43,7 @@ def run_scenario(scenario: Scenario, codec: str = "auto", **limits: object) -> N
         proxy = HttpProxyServer(("127.0.0.1", 0), api_get_only, flows.append,
                                 origdst=lambda s: ("127.0.0.1", port), codec=codec,
                                 limits=HttpLimits(**limits),  # type: ignore[arg-type]
-                                sweep_interval_s=0.05)
+                                sweep_interval_s=0.05, express=EXPRESS["on"])
         await proxy.start()
         try:
             await asyncio.wait_for(scenario(proxy, origin, flows), SCENARIO_TIMEOUT_S)
@@ -340,3 +352,58 @@ def test_closed_connections_are_freed_by_refcounting_alone(
         run_scenario(scenario, codec)
     finally:
         gc.enable()
+
+
+# One connection's reads, in order: plain heads (the express lane), a repeated head (the
+# memo), a denied one, heads the fast path declines (a Connection field, a body, an
+# absolute-form target, a non-canonical path), pipelined heads in one read, a head split
+# over two reads, HTTP/1.0 (closes), each answered before the next read.
+TRANSCRIPT_READS = [
+    [b"GET /api/a HTTP/1.1\r\nHost: svc\r\nx-request-id: 1\r\n\r\n"],
+    [b"GET /api/a HTTP/1.1\r\nHost: svc\r\nx-request-id: 1\r\n\r\n"],
+    [b"GET /admin HTTP/1.1\r\nHost: svc\r\n\r\n"],
+    [b"GET /api/b HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive\r\n\r\n"],
+    [b"POST /api/c HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\n\r\nabc"],
+    [b"GET http://svc/api/d HTTP/1.1\r\nHost: svc\r\n\r\n"],
+    [b"GET /api/./e%7e HTTP/1.1\r\nHost: svc\r\n\r\n"],
+    [b"GET /api/f HTTP/1.1\r\nHost: svc\r\n\r\nGET /api/g HTTP/1.1\r\nHost: svc\r\n\r\n"],
+    [b"GET /api/h HTTP/1.1\r\nHo", b"st: svc\r\n\r\n"],
+    [b"GET /api/i HTTP/1.0\r\nHost: svc\r\n\r\n"],
+]
+
+
+def _transcript(express: bool) -> tuple[object, ...]:
+    got: list[bytes] = []
+    out: list[object] = []
+
+    async def scenario(proxy: HttpProxyServer, origin: Origin, flows: list[Flow]) -> None:
+        r, w = await connect(proxy)
+        for reads in TRANSCRIPT_READS:
+            for data in reads:
+                w.write(data)
+                await w.drain()
+                await asyncio.sleep(0.01)  # each read arrives on its own
+            n = b"".join(reads).count(b" HTTP/1.")
+            for _ in range(n):
+                status, fields, body = await read_response(r)
+                got.append(b"%d %b %b" % (status, fields.get("connection", "").encode(), body))
+        assert await r.read() == b""  # HTTP/1.0: the proxy closed
+        w.close()
+        out.extend([list(origin.heads), origin.connections,
+                    [(f.verdict.value, f.l7_type, f.http.code if f.http else 0,
+                      f.http.url if f.http else "") for f in flows],
+                    dict(proxy.stats.requests), proxy.stats.parse_errors])
+
+    EXPRESS["on"] = express
+    run_scenario(scenario)
+    return got, out
+
+
+def test_express_lane_changes_nothing_observable() -> None:
+    """The same reads with the express lane on and off: the same responses, the same heads
+    at the origin, the same flows and counters."""
+    on, off = _transcript(True), _transcript(False)
+    assert on == off
+    responses = on[0]
+    assert len(responses) == 11 and responses[2].startswith(b"403 ")
+    assert responses[-1] == b"200 close GET /api/i 0"
