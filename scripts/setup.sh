@@ -10,7 +10,7 @@ VENV=${VENV:-.venv}
 
 DEB_PKGS=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-dev
           iproute2 curl bind9-dnsutils dnsmasq-base socat wrk haproxy dnsperf procps iputils-ping
-          prometheus iperf3
+          prometheus iperf3 valgrind
           )
 
 missing=()

@@ -1,0 +1,185 @@
+"""Bench-only: the HTTP proxy end to end in one process, for instruction counts (no root).
+
+Why: sandbox rates drift by up to 2x within minutes on this VM, so a change of a few µs per
+request cannot be seen there reliably. This loop runs the whole per-request path (the real
+`HttpProxyServer` on uvloop with the agent's own callbacks: decide_http, queue_l7 with the
+ring and metrics, upstream_mark, and the README policies) between an in-process client and
+origin over loopback TCP, and callgrind counts the instructions: deterministic, so two
+versions compare exactly. Kernel time is not counted (callgrind sees user space only).
+
+Addresses: node2's pods live on 127.0.2.0/24 and node1's on 127.0.1.0/24 in this process's
+endpoints file, so the client binds the frontend's address 127.0.1.10 and the origin
+listens on my-api's 127.0.2.10:8080; everything stays on the loopback device.
+
+Modes: `l7gate` (the product's server and agent callbacks), `floor` (tests/bench/pyfloor.py's
+forwarder, the least Python per request), `direct` (client to origin: what the loop itself
+costs). Every request carries its own x-request-id, as in the sandbox benches.
+
+Run:
+  python -m tests.bench.inproc_http run MODE [REQUESTS] [CONNS]   # CPU µs/request (noisy)
+  python -m tests.bench.inproc_http instr MODE                     # instructions/request
+`instr` runs `run` under valgrind's callgrind at 1,280 and 6,400 requests (64 connections)
+and prints the difference per request, so start-up cancels out; the cyclic GC is disabled
+in both (the agent freezes survivors every second, gctune.py; here a run is too short to
+model that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SRC, DST, ORIGIN_PORT, PROXY_PORT = "127.0.1.10", "127.0.2.10", 8080, 15001
+ROOT = Path(__file__).resolve().parents[2]
+ENDPOINTS = """\
+nodes:
+  - {name: node1, ip: 192.0.2.11, pod_cidr: 127.0.1.0/24, uplink: eth0}
+  - {name: node2, ip: 192.0.2.12, pod_cidr: 127.0.2.0/24, uplink: eth0}
+pods:
+  - {namespace: default, name: frontend, labels: {role: frontend}, ip: 127.0.1.10,
+     node: node1, interface: lxc1}
+  - {namespace: default, name: my-api, labels: {app: my-api}, ip: 127.0.2.10, node: node2,
+     interface: lxc4}
+"""
+BODY = (b'{"server":"my-api","method":"GET","target":"/api/users","headers":[["host",'
+        b'"127.0.2.10:8080"],["x-request-id","000000000000abcd"]],"body_bytes":0}')
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+
+
+class _Origin(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(RESPONSE * data.count(b"\r\n\r\n"))
+
+
+class _Client(asyncio.Protocol):
+    """One keep-alive connection sending `count` requests, one at a time."""
+
+    def __init__(self, count: int, done: asyncio.Future[int]) -> None:
+        self.count, self.done, self.sent, self.buf = count, done, 0, b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self._send()
+
+    def _send(self) -> None:
+        self.sent += 1
+        self.transport.write(b"GET /api/users HTTP/1.1\r\nHost: 127.0.2.10:8080\r\n"
+                             b"x-request-id: %016x\r\n\r\n" % (id(self) * 100_000 + self.sent))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) < len(RESPONSE):
+            return
+        if not self.buf.startswith(b"HTTP/1.1 200 "):
+            raise RuntimeError(f"unexpected response {self.buf[:80]!r}")
+        self.buf = b""
+        if self.sent < self.count:
+            self._send()
+        else:
+            self.transport.close()
+            self.done.set_result(self.sent)
+
+
+async def _proxy(mode: str) -> tuple[Any, Any]:
+    loop = asyncio.get_running_loop()
+    if mode == "floor":
+        from tests.bench import pyfloor
+        server = await loop.create_server(lambda: pyfloor._Client((DST, ORIGIN_PORT)), DST,
+                                          PROXY_PORT)
+        return server, None
+    from agent.daemon import Agent, AgentConfig
+    from proxy.http.server import HttpProxyServer
+    tmp = Path(tempfile.mkdtemp(prefix="l7gate-inproc-"))
+    (tmp / "endpoints.yaml").write_text(ENDPOINTS)
+    (tmp / "policies").mkdir()
+    for name in ("my-api-l7.yaml", "frontend-egress.yaml"):
+        (tmp / "policies" / name).write_text((ROOT / "examples" / name).read_text())
+    agent = Agent(AgentConfig(node_name="node2", endpoints=str(tmp / "endpoints.yaml"),
+                              policy_dir=str(tmp / "policies"), state_dir=str(tmp / "state"),
+                              enable_datapath=False))
+    agent.prepare()
+    agent._call_soon = loop.call_soon  # what Agent.run() sets before the proxies start
+    # (getattr: the same loop also measures versions from before the batched sink)
+    sink = getattr(agent, "queue_l7", agent.emit_l7)
+    server = HttpProxyServer((DST, PROXY_PORT), agent.decide_http, sink,
+                             upstream_mark=agent.upstream_mark,
+                             origdst=lambda _sock: (DST, ORIGIN_PORT),
+                             context=lambda _peer, _dst: agent.current())
+    await server.start()
+    return server, agent
+
+
+async def run(mode: str, requests: int, conns: int) -> None:
+    loop = asyncio.get_running_loop()
+    origin = await loop.create_server(_Origin, DST, ORIGIN_PORT)
+    proxy, agent = (None, None) if mode == "direct" else await _proxy(mode)
+    target = (DST, ORIGIN_PORT if mode == "direct" else PROXY_PORT)
+    gc.collect()
+    gc.disable()
+    started = time.process_time()
+    done = []
+    for _ in range(conns):
+        fut: asyncio.Future[int] = loop.create_future()
+        sock = socket.socket()
+        sock.bind((SRC, 0))
+        sock.setblocking(False)
+        await loop.sock_connect(sock, target)
+        await loop.create_connection(lambda f=fut: _Client(requests // conns, f), sock=sock)
+        done.append(fut)
+    total = sum(await asyncio.gather(*done))
+    cpu = time.process_time() - started
+    await asyncio.sleep(0)  # the agent's flow batch
+    if agent is not None and agent.ring.last_seq != total:
+        raise RuntimeError(f"{agent.ring.last_seq} flows for {total} requests")
+    print(f"{mode}: {total} requests, {cpu / total * 1e6:.1f} µs CPU/request (client and "
+          "origin included)")
+    if proxy is not None:
+        await proxy.close() if hasattr(proxy, "listen") else proxy.close()
+    origin.close()
+
+
+def instructions(mode: str, low: int = 1280, high: int = 6400) -> int:
+    """Instructions per request: callgrind totals at two request counts, differenced."""
+    totals = []
+    for n in (low, high):
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             "-m", "tests.bench.inproc_http", "run", mode, str(n), "64"],
+            cwd=ROOT, capture_output=True, text=True, check=True).stderr
+        m = re.search(r"Collected : (\d+)", out)
+        if m is None:
+            raise RuntimeError(f"no callgrind total in: {out[-500:]}")
+        totals.append(int(m.group(1)))
+    return (totals[1] - totals[0]) // (high - low)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "run":
+        requests = int(argv[2]) if len(argv) > 2 else 20_000
+        conns = int(argv[3]) if len(argv) > 3 else 64
+        import uvloop
+        uvloop.run(run(argv[1], requests, conns))
+        return 0
+    if len(argv) == 2 and argv[0] == "instr":
+        print(f"{argv[1]}: {instructions(argv[1])} instructions/request")
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main(sys.argv[1:]))
