@@ -30,6 +30,7 @@ async def start_http_proxy(agent: Agent) -> HttpProxyServer:
         bind_source_transparently=transparent,
         codec=cfg.http_codec,
         context=lambda _peer, _dst: agent.current(),  # a connection keeps its snapshot
+        decide_for=agent.http_decide_for,
     )
     await server.start()
     return server

@@ -227,7 +227,13 @@ class ClusterState:
         Traffic that no local rule redirects is denied: the proxy never forwards what it
         was not asked to judge (fail closed).
         """
-        decider = self.http_decider(str(src_ip), str(dst_ip), dport, dst_fqdns)
+        return self.decide_with(self.http_decider(str(src_ip), str(dst_ip), dport, dst_fqdns),
+                                meta)
+
+    def decide_with(self, decider: HttpDecider,
+                    meta: HttpRequestMeta) -> tuple[Verdict, Direction]:
+        """`decide_http`'s answer for a request once its decider is known (the agent keeps
+        one per proxy connection whose decider cannot change: Agent.http_decide_for)."""
         if decider.fixed is not None:
             return decider.fixed
         if decider.headers:

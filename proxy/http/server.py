@@ -466,7 +466,8 @@ class HttpProxyServer:
                  codec: str = "auto", limits: HttpLimits | None = None,
                  stats: HttpProxyStats | None = None,
                  context: Callable[[tuple[str, int], tuple[str, int]], object] | None = None,
-                 sweep_interval_s: float = SWEEP_INTERVAL_S, express: bool = True) -> None:
+                 sweep_interval_s: float = SWEEP_INTERVAL_S, express: bool = True,
+                 decide_for: Callable[[ConnInfo], Decide] | None = None) -> None:
         self.listen = listen
         self.decide = decide
         self.emit = emit
@@ -480,6 +481,9 @@ class HttpProxyServer:
         self._context = context
         self.sweep_interval_s = sweep_interval_s
         self.express = express  # the express lane (module doc); False only to compare in tests
+        # asked once per accepted connection for the decide its session calls (instead of
+        # `decide`): the caller may resolve per-connection lookups once (agent/daemon.py)
+        self.decide_for = decide_for
         self.clients: set[_Client] = set()
         self._pool: dict[PoolKey, list[_Upstream]] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -539,7 +543,8 @@ class HttpProxyServer:
         return self._context((str(peer[0]), int(peer[1])), dst) if self._context else None
 
     def new_session(self, conn: ConnInfo) -> HttpSession:
-        return HttpSession(conn, self.decide, codec=self.codec, limits=self.limits,
+        decide = self.decide if self.decide_for is None else self.decide_for(conn)
+        return HttpSession(conn, decide, codec=self.codec, limits=self.limits,
                            stats=self.stats, clock_ns=time.monotonic_ns, wall_ns=time.time_ns)
 
     def emit_flow(self, flow: Flow) -> None:

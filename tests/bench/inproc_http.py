@@ -117,7 +117,9 @@ async def _proxy(mode: str) -> tuple[Any, Any]:
     server = HttpProxyServer((DST, PROXY_PORT), agent.decide_http, sink,
                              upstream_mark=agent.upstream_mark,
                              origdst=lambda _sock: (DST, ORIGIN_PORT),
-                             context=lambda _peer, _dst: agent.current())
+                             context=lambda _peer, _dst: agent.current(),
+                             **({"decide_for": agent.http_decide_for}
+                                if hasattr(agent, "http_decide_for") else {}))
     await server.start()
     return server, agent
 

@@ -37,3 +37,53 @@ def cfg(tmp_path: Path) -> AgentConfig:
         (pol / f).write_text((ROOT / "examples" / f).read_text())
     return AgentConfig(node_name="node2", endpoints=str(ep), policy_dir=str(pol),
                        state_dir=str(tmp_path / "state"), enable_datapath=False)
+
+
+@pytest.fixture
+def cfg_agent(cfg: AgentConfig) -> object:
+    """node2's agent, prepared (state, metrics), no datapath and no FQDN owner."""
+    from agent.daemon import Agent
+    agent = Agent(cfg)
+    agent.prepare()
+    return agent
+
+
+# frontend may GET /v1/.* from api.stripe.com on port 80: an L7 rule whose peer is a name
+STRIPE_HTTP = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: stripe-http, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {role: frontend}}
+  egress:
+    - toFQDNs: [{matchName: api.stripe.com}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules:
+            http: [{method: GET, path: "/v1/.*"}]
+"""
+
+
+@pytest.fixture
+def fqdn_agent(tmp_path: Path) -> object:
+    """node1's agent (frontend is local there) with the STRIPE_HTTP policy too and a real
+    FQDN owner (no maps) that has learned api.stripe.com -> 203.0.113.10 for frontend."""
+    from agent.daemon import Agent
+    from agent.fqdnowner import FqdnOwner
+    ep = tmp_path / "endpoints.yaml"
+    ep.write_text(ENDPOINTS)
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    for f in ("my-api-l7.yaml", "frontend-egress.yaml"):
+        (pol / f).write_text((ROOT / "examples" / f).read_text())
+    (pol / "stripe-http.yaml").write_text(STRIPE_HTTP)
+    agent = Agent(AgentConfig(node_name="node1", endpoints=str(ep), policy_dir=str(pol),
+                              state_dir=str(tmp_path / "state"), enable_datapath=False))
+    agent.prepare()
+    agent.fqdn = FqdnOwner(None, str(tmp_path / "state"), state=agent.current,
+                           allow_private=True)  # 203.0.113.0/24 is a documentation block
+    agent.fqdn.learn("10.244.1.10", "api.stripe.com", [("203.0.113.10", 300)])
+    endpoint = agent.current().local_endpoint_str("10.244.1.10")
+    assert endpoint is not None
+    assert agent.fqdn.cache.lookup_names(endpoint.endpoint_id, "203.0.113.10")
+    return agent

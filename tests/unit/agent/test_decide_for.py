@@ -1,0 +1,61 @@
+"""The HTTP proxy's per-connection decide (Agent.http_decide_for) answers every request
+exactly as Agent.decide_http does, for local and remote sources, every destination and
+port of the README cluster, with and without learned toFQDNs names."""
+
+from __future__ import annotations
+
+import itertools
+
+from agent.daemon import Agent
+from proxy.http.actions import ConnInfo
+from proxy.http.request import new_meta
+
+SOURCES = ["10.244.1.10", "10.244.1.11", "10.244.2.10", "10.244.1.53", "203.0.113.5"]
+DESTS = ["10.244.2.10", "10.244.1.10", "10.244.1.53", "203.0.113.10", "198.51.100.7"]
+PORTS = [8080, 80, 443, 53, 9090]
+METHODS = ["GET", "POST", "HEAD", "DELETE"]
+# /v1/...: conftest STRIPE_HTTP
+PATHS = ["/api/users", "/api/", "/admin", "/", "/api/users/1?x=y", "/v1/charges"]
+HOSTS = ["my-api", "api.stripe.com", "10.244.2.10:8080", "db.internal.example.com"]
+HEADERS = [(), (("x-debug", "1"),), (("user-agent", "curl"), ("x-request-id", "7"))]
+
+def _check_all(agent: Agent) -> int:
+    """Every connection of SOURCES x DESTS x PORTS, every request shape on each; returns how
+    many were allowed (so a test can tell it saw both answers)."""
+    allowed = 0
+    shapes = list(itertools.product(METHODS, PATHS, HOSTS, HEADERS))
+    for src, dst, port in itertools.product(SOURCES, DESTS, PORTS):
+        conn = ConnInfo(src, 40000, dst, port, agent.current())
+        decide = agent.http_decide_for(conn)  # once, at accept
+        for method, path, host, headers in shapes:
+            meta = new_meta(method, path, host, (("host", host), *headers))
+            got = decide(conn, meta)
+            assert got == agent.decide_http(conn, meta), (src, dst, port, method, path)
+            allowed += got.is_allowed
+    return allowed
+
+
+def test_without_fqdn_names(cfg_agent: Agent) -> None:
+    assert _check_all(cfg_agent) > 0
+
+
+def test_with_learned_names(fqdn_agent: Agent) -> None:
+    assert _check_all(fqdn_agent) > 0
+
+
+def test_a_local_source_with_names_is_decided_per_request(fqdn_agent: Agent) -> None:
+    """Names can change while the connection lives: its decide is decide_http itself."""
+    conn = ConnInfo("10.244.1.10", 1, "203.0.113.10", 443, fqdn_agent.current())
+    assert fqdn_agent.http_decide_for(conn) == fqdn_agent.decide_http
+    inbound = ConnInfo("10.244.2.10", 1, "10.244.1.10", 8080, fqdn_agent.current())
+    assert fqdn_agent.http_decide_for(inbound) != fqdn_agent.decide_http  # remote source
+
+
+def test_readme_example_through_the_connection_decide(cfg_agent: Agent) -> None:
+    conn = ConnInfo("10.244.1.10", 40000, "10.244.2.10", 8080, cfg_agent.current())
+    decide = cfg_agent.http_decide_for(conn)
+    assert decide != cfg_agent.decide_http  # a remote source: resolved once
+    host = (("host", "my-api"),)
+    assert decide(conn, new_meta("GET", "/api/users", "my-api", host)).is_allowed
+    assert not decide(conn, new_meta("POST", "/api/users", "my-api", host)).is_allowed
+    assert not decide(conn, new_meta("GET", "/admin", "my-api", host)).is_allowed
