@@ -27,7 +27,7 @@ from typing import Any
 
 from agent import gctune
 from agent.endpoints import ClusterEndpoints, load_endpoints
-from agent.flows import emit_l7_flow, flow_from_event
+from agent.flows import emit_l7_flow, emit_l7_flows, flow_from_event
 from agent.fqdnowner import FqdnOwner
 from agent.state import PLAN_CACHE_MAX, ClusterState
 from observe.api import ApiServer
@@ -372,8 +372,7 @@ class Agent:
         self._l7_pending = []
         st = self.state or self.current()
         names = self._fqdn_names
-        for flow in flows:
-            emit_l7_flow(flow, st, names)  # binds / enriches the flow in place
+        emit_l7_flows(flows, st, names)  # binds / enriches each flow in place
         self.ring.push_many(flows)
         if self.exporter is not None:
             for flow in flows:

@@ -189,15 +189,7 @@ def bind_l7(flow: LazyFlow, st: ClusterState,
     """
     not_dns = flow.l7_protocol != "dns"
     src_ip, dst_ip = flow.src_ip, flow.dst_ip
-    key = ("bind_l7", src_ip, dst_ip, not_dns)
-    cached = st.memo.get(key)
-    if cached is None:
-        source, destination, direction, src_id = _enrich_parts(st, src_ip, dst_ip, not_dns)
-        cached = ((st.node, source, destination), direction, src_id)
-        if len(st.memo) < MEMO_MAX:
-            st.memo[key] = cached
-    parts: _BindParts = cached  # type: ignore[assignment]  # (not cast(): a call per flow)
-    flow._bound, direction, src_endpoint_id = parts
+    flow._bound, direction, src_endpoint_id = _bind_parts(st, src_ip, dst_ip, not_dns)
     if not flow.traffic_direction:
         flow.traffic_direction = direction
     if src_endpoint_id is not None and dst_ip and not_dns:
@@ -206,6 +198,41 @@ def bind_l7(flow: LazyFlow, st: ClusterState,
 
 
 _BindParts = tuple[tuple[str, FlowEndpoint, FlowEndpoint], str, "int | None"]
+
+
+def _bind_parts(st: ClusterState, src_ip: str, dst_ip: str, not_dns: bool) -> _BindParts:
+    """What bind_l7 stores for an address pair: memoized per state."""
+    key = ("bind_l7", src_ip, dst_ip, not_dns)
+    cached = st.memo.get(key)
+    if cached is None:
+        source, destination, direction, src_id = _enrich_parts(st, src_ip, dst_ip, not_dns)
+        cached = ((st.node, source, destination), direction, src_id)
+        if len(st.memo) < MEMO_MAX:
+            st.memo[key] = cached
+    return cached  # type: ignore[return-value]  # (not cast(): a call per flow)
+
+
+def emit_l7_flows(flows: list[Flow], st: ClusterState,
+                  fqdn_names: Callable[[int, str], list[str]]) -> None:
+    """`emit_l7_flow` for each flow of a batch, in place (the agent's flush_l7): consecutive
+    unread lazy flows of one address pair and protocol (the usual batch: one client pod
+    talking to one service) share one parts lookup; the DNS names are still looked up per
+    flow, as bind_l7 does."""
+    parts: _BindParts | None = None
+    last_src = last_dst = last_proto = ""
+    for flow in flows:
+        if not isinstance(flow, LazyFlow) or flow._done:
+            enrich_l7(flow, st, fqdn_names)
+            continue
+        src_ip, dst_ip, proto = flow.src_ip, flow.dst_ip, flow.l7_protocol
+        if parts is None or src_ip != last_src or dst_ip != last_dst or proto != last_proto:
+            parts = _bind_parts(st, src_ip, dst_ip, proto != "dns")
+            last_src, last_dst, last_proto = src_ip, dst_ip, proto
+        flow._bound, direction, src_endpoint_id = parts
+        if not flow.traffic_direction:
+            flow.traffic_direction = direction
+        if src_endpoint_id is not None and dst_ip and proto != "dns":
+            flow._names = fqdn_names(src_endpoint_id, dst_ip)
 
 
 def emit_l7_flow(flow: Flow, st: ClusterState,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.daemon import AgentConfig, read_cluster_state
-from agent.flows import bind_l7, emit_l7_flow, enrich_l7
+from agent.flows import bind_l7, emit_l7_flow, emit_l7_flows, enrich_l7
 from agent.state import ClusterState
 from metrics.flows import FlowMetrics
 from metrics.registry import build_metrics
@@ -197,3 +197,34 @@ def test_emit_enriches_a_lazy_flow_read_before_emit(states: dict[str, ClusterSta
     emit_l7_flow(f, states["node2"], _names)
     assert f.node_name == "node2" and f.destination.pod_name == "my-api"
     assert f.traffic_direction == "INGRESS"
+
+
+# address pairs a batch draws from: few, so that HTTP and DNS flows of one pair follow
+# each other (a local destination: HTTP is INGRESS there, DNS always EGRESS)
+PAIRS = [("10.244.1.10", "10.244.2.10"), ("10.244.2.10", "203.0.113.10"),
+         ("10.244.1.10", "10.244.1.53")]
+
+
+@given(flows=st.lists(st.tuples(st.one_of(http_inputs.map(lambda d: ("http", d)),
+                                          dns_inputs.map(lambda d: ("dns", d))),
+                                st.integers(1, 3), st.booleans(), st.sampled_from(PAIRS)),
+                      max_size=10),
+       node=st.sampled_from(["node1", "node2"]))
+def test_emit_l7_flows_is_emit_l7_flow_each(
+        states: dict[str, ClusterState],
+        flows: list[tuple[tuple[str, dict[str, object]], int, bool, tuple[str, str]]],
+        node: str) -> None:
+    """The batch binder (runs of one address pair and protocol share a lookup) against the
+    one-flow binder: runs of repeated inputs, HTTP and DNS on the same pair, eager flows."""
+    one, batch = [], []
+    for (kind, d), repeat, eager, (src, dst) in flows:
+        d = {**d, "src": src, "dst": dst}
+        for _ in range(repeat):
+            pair_a = _http_pair(d) if kind == "http" else _dns_pair(d)
+            pair_b = _http_pair(d) if kind == "http" else _dns_pair(d)
+            one.append(pair_a[0] if eager else pair_a[1])
+            batch.append(pair_b[0] if eager else pair_b[1])
+    for f in one:
+        emit_l7_flow(f, states[node], _names)
+    emit_l7_flows(batch, states[node], _names)
+    assert [f.to_json() for f in batch] == [f.to_json() for f in one]
