@@ -165,39 +165,15 @@ class FlowMetrics:
         return child
 
     def observe(self, flow: Flow) -> None:
-        if isinstance(flow, LazyFlow):
-            # the key straight from what the producer set: the flow is not built for metrics
-            # (the plan for a new key is built from it materialised, once per key)
-            key = flow.metric_key()
-        elif flow.http is not None and flow.dns is None:
-            key = _http_key(flow)
-        elif flow.dns is not None and flow.http is None:
-            key = _dns_key(flow)
-        else:
-            self._observe(flow)
-            return
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._build_plan(flow, key)
-        counters, incs, hist, observe = plan
-        # fast.py children are bumped in place (its contract allows it: same thread)
-        for child in counters:
-            child.value += 1
-        for inc in incs:
-            inc()
-        if hist is not None:
-            value = flow.latency_ns / 1e9
-            hist.counts[bisect_left(hist.bounds, value)] += 1
-            hist.sum += value
-        elif observe is not None:
-            observe(flow.latency_ns / 1e9)
+        self.observe_many([flow])
 
     def observe_many(self, flows: list[Flow]) -> None:
         """`observe` each flow, in one call: the batch the agent publishes per event-loop
-        iteration (agent/daemon.py `flush_l7`). Consecutive lazy flows with equal keys (the
-        usual batch: one kind of request answered the same way) share one plan lookup and
-        bump its counters once by their number; histogram observations stay per flow and
-        in order (the same float sums as one by one)."""
+        iteration (agent/daemon.py `flush_l7`). Consecutive flows with equal keys (the usual
+        batch: one kind of request answered the same way) share one plan lookup and bump
+        its counters once by their number (fast.py children in place: same thread);
+        histogram observations stay per flow and in order (the same float sums as one by
+        one)."""
         plans = self._plans
         key: tuple[object, ...] | None = None
         counters: tuple[CounterChild, ...] = ()
@@ -206,10 +182,20 @@ class FlowMetrics:
         observe: Callable[[float], None] | None = None
         run = 0
         for flow in flows:
-            if not isinstance(flow, LazyFlow):
-                self.observe(flow)
+            if isinstance(flow, LazyFlow):
+                # the key straight from what the producer set: the flow is not built for
+                # metrics (the plan for a new key is built from it materialised, once)
+                k = flow.metric_key()
+            elif flow.http is not None and flow.dns is None:
+                k = _http_key(flow)
+            elif flow.dns is not None and flow.http is None:
+                k = _dns_key(flow)
+            else:  # no plan: the general path, after what the run so far owes
+                if run:
+                    _bump(counters, incs, run)
+                key, run = None, 0
+                self._observe(flow)
                 continue
-            k = flow.metric_key()
             if k != key:
                 if run:
                     _bump(counters, incs, run)

@@ -200,9 +200,7 @@ class _Client(asyncio.Protocol):
                 self._execute(_given, fast)  # type: ignore[arg-type]
                 return
         except Exception:  # as in _execute: a bug must cost one connection, never the server
-            log.exception("HTTP proxy connection failed; closing it")
-            self.server.stats.upstream_errors += 1
-            self._abort()
+            self._failed()
             return
         self.head_since = None  # _execute's ending with nothing buffered
         if self.pause_reasons:
@@ -276,13 +274,17 @@ class _Client(asyncio.Protocol):
                 self._execute(_given, fast)  # type: ignore[arg-type]
                 return
         except Exception:  # as in _execute
-            log.exception("HTTP proxy connection failed; closing it")
-            self.server.stats.upstream_errors += 1
-            self._abort()
+            self._failed()
             return
         self.head_since = None  # _execute's ending with nothing buffered
         if self.pause_reasons:
             self.resume_client("pipeline")
+
+    def _failed(self) -> None:
+        """A bug while handling this connection: log it, count it, close only this one."""
+        log.exception("HTTP proxy connection failed; closing it")
+        self.server.stats.upstream_errors += 1
+        self._abort()
 
     def on_timeout(self) -> None:
         if self.session is not None:
@@ -341,9 +343,7 @@ class _Client(asyncio.Protocol):
                 else:
                     raise RuntimeError(f"unexpected action {action!r}")
         except Exception:  # a bug must cost one connection, never the server
-            log.exception("HTTP proxy connection failed; closing it")
-            self.server.stats.upstream_errors += 1
-            self._abort()
+            self._failed()
             return
         if self.closed:
             return

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.sandbox.api import Sandbox
+from tests.unit.agent.conftest import FRONTEND_EGRESS_L7
 
 pytestmark = pytest.mark.root
 
@@ -336,20 +337,6 @@ def test_100mb_upload_and_download_stream_through_the_proxy(sb: Sandbox) -> None
     assert res.stdout.split() == ["200", str(size)]
     grown_kib = _rss_kib(agent_pid) - rss_before
     assert grown_kib < 32 * 1024, f"agent RSS grew by {grown_kib} KiB for a {size} B body"
-
-
-FRONTEND_EGRESS_L7 = """\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: frontend-stripe-l7, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {role: frontend}}
-  egress:
-    - toFQDNs: [{matchName: api.stripe.com}]
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}]
-          rules: {http: [{method: GET, path: "/v1/.*"}]}
-"""
 
 
 def test_egress_l7_rules_towards_a_fqdn(sb: Sandbox, extra_policy: Path) -> None:

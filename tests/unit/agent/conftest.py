@@ -26,17 +26,25 @@ pods:
 """
 
 
-@pytest.fixture
-def cfg(tmp_path: Path) -> AgentConfig:
-    """node2's agent with the two reference policies, datapath disabled."""
+def agent_config(tmp_path: Path, node: str = "node2", **extra_policies: str) -> AgentConfig:
+    """`node`'s agent config on the README cluster with the two reference policies (and
+    `extra_policies`, file stem -> YAML), datapath disabled."""
     ep = tmp_path / "endpoints.yaml"
     ep.write_text(ENDPOINTS)
     pol = tmp_path / "policies"
     pol.mkdir()
     for f in ("my-api-l7.yaml", "frontend-egress.yaml"):
         (pol / f).write_text((ROOT / "examples" / f).read_text())
-    return AgentConfig(node_name="node2", endpoints=str(ep), policy_dir=str(pol),
+    for stem, text in extra_policies.items():
+        (pol / f"{stem}.yaml").write_text(text)
+    return AgentConfig(node_name=node, endpoints=str(ep), policy_dir=str(pol),
                        state_dir=str(tmp_path / "state"), enable_datapath=False)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> AgentConfig:
+    """node2's agent with the two reference policies, datapath disabled."""
+    return agent_config(tmp_path)
 
 
 @pytest.fixture
@@ -49,36 +57,28 @@ def cfg_agent(cfg: AgentConfig) -> object:
 
 
 # frontend may GET /v1/.* from api.stripe.com on port 80: an L7 rule whose peer is a name
-STRIPE_HTTP = """\
+# (the integration test that learns a name and then decides on it uses the same policy)
+FRONTEND_EGRESS_L7 = """\
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {name: stripe-http, namespace: default}
+metadata: {name: frontend-stripe-l7, namespace: default}
 spec:
   endpointSelector: {matchLabels: {role: frontend}}
   egress:
     - toFQDNs: [{matchName: api.stripe.com}]
       toPorts:
         - ports: [{port: "80", protocol: TCP}]
-          rules:
-            http: [{method: GET, path: "/v1/.*"}]
+          rules: {http: [{method: GET, path: "/v1/.*"}]}
 """
 
 
 @pytest.fixture
 def fqdn_agent(tmp_path: Path) -> object:
-    """node1's agent (frontend is local there) with the STRIPE_HTTP policy too and a real
+    """node1's agent (frontend is local there) with FRONTEND_EGRESS_L7 too and a real
     FQDN owner (no maps) that has learned api.stripe.com -> 203.0.113.10 for frontend."""
     from agent.daemon import Agent
     from agent.fqdnowner import FqdnOwner
-    ep = tmp_path / "endpoints.yaml"
-    ep.write_text(ENDPOINTS)
-    pol = tmp_path / "policies"
-    pol.mkdir()
-    for f in ("my-api-l7.yaml", "frontend-egress.yaml"):
-        (pol / f).write_text((ROOT / "examples" / f).read_text())
-    (pol / "stripe-http.yaml").write_text(STRIPE_HTTP)
-    agent = Agent(AgentConfig(node_name="node1", endpoints=str(ep), policy_dir=str(pol),
-                              state_dir=str(tmp_path / "state"), enable_datapath=False))
+    agent = Agent(agent_config(tmp_path, "node1", frontend_stripe_l7=FRONTEND_EGRESS_L7))
     agent.prepare()
     agent.fqdn = FqdnOwner(None, str(tmp_path / "state"), state=agent.current,
                            allow_private=True)  # 203.0.113.0/24 is a documentation block

@@ -14,7 +14,7 @@ SOURCES = ["10.244.1.10", "10.244.1.11", "10.244.2.10", "10.244.1.53", "203.0.11
 DESTS = ["10.244.2.10", "10.244.1.10", "10.244.1.53", "203.0.113.10", "198.51.100.7"]
 PORTS = [8080, 80, 443, 53, 9090]
 METHODS = ["GET", "POST", "HEAD", "DELETE"]
-# /v1/...: conftest STRIPE_HTTP
+# /v1/...: conftest FRONTEND_EGRESS_L7
 PATHS = ["/api/users", "/api/", "/admin", "/", "/api/users/1?x=y", "/v1/charges"]
 HOSTS = ["my-api", "api.stripe.com", "10.244.2.10:8080", "db.internal.example.com"]
 HEADERS = [(), (("x-debug", "1"),), (("user-agent", "curl"), ("x-request-id", "7"))]
