@@ -187,13 +187,7 @@ def bind_l7(flow: LazyFlow, st: ClusterState,
     Reads only the fields a LazyFlow producer sets (addresses, traffic_direction); a producer
     never sets `destination_names`, so enrich_l7's "not already named" test always holds.
     """
-    not_dns = flow.l7_protocol != "dns"
-    src_ip, dst_ip = flow.src_ip, flow.dst_ip
-    flow._bound, direction, src_endpoint_id = _bind_parts(st, src_ip, dst_ip, not_dns)
-    if not flow.traffic_direction:
-        flow.traffic_direction = direction
-    if src_endpoint_id is not None and dst_ip and not_dns:
-        flow._names = fqdn_names(src_endpoint_id, dst_ip)
+    emit_l7_flows([flow], st, fqdn_names)  # the one binder (an unread lazy flow: bound)
     return flow
 
 

@@ -16,8 +16,9 @@ executes its result directly: the head to the upstream; the flow, the client's b
 the release of the upstream. Anything else (a declined head, a denial, a partial response,
 pipelined bytes, a closing client) returns actions or None and goes through `_execute` as
 before. Why: the actions, their list and the dispatch loop cost ~16k instructions per
-request (callgrind, the in-process end-to-end loop at 64 connections: 126.6k -> 110.5k,
-client and origin included). test_server.py runs every scenario with the lane on and off,
+request (callgrind, an in-process end-to-end loop at 64 connections, client and origin
+included; tests/bench/inproc_http.py measures the lane and the agent's batched flow sink
+together: 127.1k -> 108.8k). test_server.py runs every scenario with the lane on and off,
 and compares a transcript of both (responses, heads at the origin, flows, counters).
 """
 

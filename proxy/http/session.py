@@ -507,6 +507,9 @@ class HttpSession:
             self._response_done(ex, out)
 
     def _response_done(self, ex: Exchange, out: list[Action]) -> None:
+        if self.express_done(ex):  # the usual ending: release, wait for the next head
+            out.append(RELEASE_REUSABLE if ex.reusable else RELEASE_BROKEN)
+            return
         ex.resp_done = True
         self.up_state = UpstreamState.IDLE
         if ex.req_done:
@@ -518,7 +521,9 @@ class HttpSession:
         """The response to `ex` has been read whole: when nothing else follows (the request
         is done, the client stays, no pipelined bytes wait), make the state changes of
         `_response_done` + `_exchange_done` without their actions and return True (the
-        caller releases the upstream as they would); else change nothing, return False."""
+        caller releases the upstream as they would); else change nothing, return False.
+        `_response_done` takes this ending too; the express lane (server.py) calls it via
+        fast_response without building the release action."""
         if not ex.req_done or self._close_after or self._client_eof or self._buf:
             return False
         ex.resp_done = True

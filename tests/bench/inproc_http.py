@@ -38,18 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.unit.agent.conftest import ENDPOINTS as _README_CLUSTER
+from tests.unit.agent.conftest import ROOT
+
 SRC, DST, ORIGIN_PORT, PROXY_PORT = "127.0.1.10", "127.0.2.10", 8080, 15001
-ROOT = Path(__file__).resolve().parents[2]
-ENDPOINTS = """\
-nodes:
-  - {name: node1, ip: 192.0.2.11, pod_cidr: 127.0.1.0/24, uplink: eth0}
-  - {name: node2, ip: 192.0.2.12, pod_cidr: 127.0.2.0/24, uplink: eth0}
-pods:
-  - {namespace: default, name: frontend, labels: {role: frontend}, ip: 127.0.1.10,
-     node: node1, interface: lxc1}
-  - {namespace: default, name: my-api, labels: {app: my-api}, ip: 127.0.2.10, node: node2,
-     interface: lxc4}
-"""
+# The README cluster of the agent tests, moved onto loopback addresses (module doc).
+ENDPOINTS = _README_CLUSTER.replace("10.244.", "127.0.")
 BODY = (b'{"server":"my-api","method":"GET","target":"/api/users","headers":[["host",'
         b'"127.0.2.10:8080"],["x-request-id","000000000000abcd"]],"body_bytes":0}')
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
