@@ -10,10 +10,12 @@ same for an upstream response head with a final status other than 204/304 whose 
 framing or hop-by-hop field is one Content-Length: it returns (minor, status, reason,
 end-to-end fields, length) as `wire.parse_response_head` + `response.response_framing` see
 them, or None. Neither ever accepts what the full path refuses; test_fastpaths.py compares
-both with the full path on generated heads. The session forwards a plain request without
-feeding the codec, so plain_request alone decides what takes that path: on every head it
-accepts, llhttp and h11 read the same single bodiless message
-(test_plain_codec_agreement.py), and it is never more lenient than either.
+both with the full path on generated heads. `plain_request_lines(head, max_headers, memo)`
+is plain_request with a per-connection memo of the lines already checked (below); it equals
+plain_request on every head (test_plain_lines.py), and the session calls it.
+The session forwards a plain request without feeding the codec, so plain_request alone
+decides what takes that path: on every head it accepts, llhttp and h11 read the same single
+bodiless message (test_plain_codec_agreement.py), and it is never more lenient than either.
 
 How: one `findall` over the head both validates and splits it. Each alternative of the
 pattern matches one whole line in the strict grammar (wire.py's classes): the first line
@@ -124,3 +126,105 @@ def plain_response(head: bytes, max_headers: int) -> PlainResponse | None:
     if n - len(fields) != 2:  # the status line and exactly one Content-Length
         return None
     return int(minor), status, reason, "".join(fields), int("".join(map(_LENGTH, lines)))
+
+
+# --- plain_request, line by line with a per-connection memo ------------------------------
+# The same grammar as _PLAIN_REQUEST_S, one line at a time (bytes; the str classes above
+# hold only ASCII and \x80-\xff, which mean the same bytes here): the request line, the Host
+# line, and any other field line.
+_REQUEST_LINE_B = re.compile(
+    (r"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (" + _CANONICAL_TARGET_S
+     + r") HTTP/1\.([01])").encode("latin-1"))
+_HOST_LINE_B = re.compile((_caseless("host:") + "(" + _VALUE_S + ")").encode("latin-1"))
+_FIELD_LINE_B = re.compile(
+    ("(?!" + _NOT_PLAIN_NAME_S + ")(" + _TOKEN_NO_UNDERSCORE_S + "):(" + _VALUE_S + ")")
+    .encode("latin-1"))
+_VERSION_B = {b"0": "1.0", b"1": "1.1"}
+# What one connection's memo may hold: field lines of at most LINE_MEMO_BYTES bytes in all,
+# and the last request line and Host line if each is at most LINE_MEMO_LINE bytes (with the
+# decoded values ~3x that: 10,000 connections, the cap, keep at most ~150 MB). When a new
+# field line does not fit, the field lines start again: a line seen once (a request id)
+# leaves soon, the lines every request repeats come back at once.
+LINE_MEMO_BYTES = 4096
+LINE_MEMO_LINE = 1024
+
+
+class LineMemo:
+    """One connection's lines already checked by plain_request's grammar: the last request
+    line and Host line with what was read from them, and field lines (line bytes -> (name,
+    value))."""
+
+    __slots__ = ("fields", "first", "first_line", "host", "host_line", "size")
+
+    def __init__(self) -> None:
+        self.first_line: bytes | None = None
+        self.host_line: bytes | None = None
+        self.first: tuple[str, str, str] = ("", "", "")
+        self.host = ""
+        self.fields: dict[bytes, tuple[str, str]] = {}
+        self.size = 0  # bytes of the field lines held
+
+    def remember(self, line: bytes, field: tuple[str, str]) -> None:
+        n = len(line)
+        if self.size + n > LINE_MEMO_BYTES:
+            if n > LINE_MEMO_BYTES:
+                return
+            self.fields.clear()
+            self.size = 0
+        self.fields[line] = field
+        self.size += n
+
+
+def plain_request_lines(head: bytes, max_headers: int, memo: LineMemo) -> PlainRequest | None:
+    """`plain_request(head, max_headers)`, equal on every head whatever `memo` holds: a line
+    found in `memo` (one connection's, initially empty) passed the same grammar, in the same
+    place (request line, Host line, other field line), when it was put there, so only new
+    lines are matched.
+    Why: requests on one connection repeat most of their lines (Host, User-Agent, Accept,
+    cookies; the target often) while one or two change (an id), so the session's whole-head
+    memo misses; Python's regex engine costs tens of instructions per byte. Per request with
+    a distinct id (callgrind; tests/unit/proxy_http/test_plain_lines.py holds it to
+    plain_request): the bench's three-line head 18.6k -> 15.5k instructions, a browser's
+    14-line head of 571 bytes 82.6k -> 31.1k; the HTTP proxy end to end in one process
+    (tests/bench/inproc_http.py) 100.8k -> 97.5k."""
+    if head[-4:] != b"\r\n\r\n":
+        return None
+    lines = head[:-4].split(b"\r\n")
+    n = len(lines)
+    if n < 2 or n - 1 > max_headers:
+        return None
+    line = lines[0]
+    if line == memo.first_line:
+        first = memo.first
+    else:
+        m = _REQUEST_LINE_B.fullmatch(line)
+        if m is None:
+            return None
+        method, target, minor = m.groups()
+        first = (method.decode("ascii"), target.decode("ascii"), _VERSION_B[minor])
+        if len(line) <= LINE_MEMO_LINE:
+            memo.first_line, memo.first = line, first
+    line = lines[1]
+    if line == memo.host_line:
+        host = memo.host
+    else:
+        m = _HOST_LINE_B.fullmatch(line)
+        if m is None:
+            return None
+        host = m.group(1).decode("latin-1").strip(" \t")
+        if len(line) <= LINE_MEMO_LINE:
+            memo.host_line, memo.host = line, host
+    fields = [("host", host)]
+    if n > 2:
+        get = memo.fields.get
+        for line in lines[2:]:
+            field = get(line)
+            if field is None:
+                m = _FIELD_LINE_B.fullmatch(line)
+                if m is None:
+                    return None
+                name, value = m.groups()
+                field = (name.decode("ascii").lower(), value.decode("latin-1").strip(" \t"))
+                memo.remember(line, field)
+            fields.append(field)
+    return first[0], first[1], first[2], fields

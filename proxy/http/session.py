@@ -44,6 +44,7 @@ from proxy.http.exchange import (
     Exchange,
     UpstreamState,
 )
+from proxy.http.fast import LineMemo
 from proxy.http.flows import lazy_http_flow
 from proxy.http.limits import MAX_CHUNK_LINE_BYTES, HttpLimits
 from proxy.http.request import BodyKind, prepare_request
@@ -115,6 +116,8 @@ class HttpSession:
         # The fast paths' memo of the last plain head of each direction (session_fast.py).
         self._req_memo: RequestMemo | None = None
         self._resp_memo: ResponseMemo | None = None
+        # ... and of the request lines already checked (fast.plain_request_lines)
+        self._lines = LineMemo()
 
     # --- what the server looks at ---------------------------------------------------------
     def release(self) -> None:

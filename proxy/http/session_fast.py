@@ -22,6 +22,8 @@ the same method, target, version, fields and keep-alive, and that plain_request 
 every head either codec refuses. So the codec's answer is known in advance and feeding it
 would only cost time: ~14k instructions per request with httptools, ~242k with h11
 (callgrind, the core bench's small-varying requests: 103k -> 89k resp. 331k -> 89k).
+The session asks fast.plain_request_lines, which equals plain_request on every head
+(test_plain_lines.py) and only matches the lines the connection has not sent before.
 The codec's state stays consistent: it is only ever fed messages the full path handles,
 each from a message start (llhttp's parser is left at one by the previous full-path
 message; h11 gets a fresh connection per message), which test_fastpaths.py checks by
@@ -46,7 +48,7 @@ from observe.flow import Flow, FlowVerdict
 from policy.types import Decision
 from proxy.http.actions import Action, Emit, SendClient
 from proxy.http.exchange import NO_BODY, ClientState, Exchange, UpstreamState
-from proxy.http.fast import plain_request, plain_response
+from proxy.http.fast import plain_request_lines, plain_response
 from proxy.http.request import AUTHORITY, PROTOCOL, BodyKind, PreparedRequest, new_meta, serialise
 from proxy.http.response import ResponseFraming
 from proxy.http.wire import LengthDecoder
@@ -74,7 +76,7 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
         limits = s._limits
         if len(data) > limits.max_head_bytes:
             return None
-        plain = plain_request(data, limits.max_headers)
+        plain = plain_request_lines(data, limits.max_headers, s._lines)
         if plain is None:
             return None
         method, target, version, fields = plain
