@@ -114,7 +114,7 @@ def test_remembered_lines_are_not_matched_again(monkeypatch: pytest.MonkeyPatch)
     each answer has its own field list (the session rewrites its Host entry)."""
     memo = fast.LineMemo()
     first = fast.plain_request_lines(GOOD, MAX_HEADERS, memo)
-    for name in ("_REQUEST_LINE_B", "_HOST_LINE_B", "_FIELD_LINE_B"):
+    for name in ("_REQUEST_LINE_B", "_HOST_LINE_B", "_FIELD_LINE"):
         monkeypatch.setattr(fast, name, _Refuse())
     again = fast.plain_request_lines(GOOD, MAX_HEADERS, memo)
     assert first is not None and again is not None
