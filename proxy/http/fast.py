@@ -220,10 +220,10 @@ def plain_request_lines(head: bytes, max_headers: int, memo: LineMemo) -> PlainR
         for line in lines[2:]:
             field = get(line)
             if field is None:
-                m = _FIELD_LINE.fullmatch(line.decode("latin-1"))
-                if m is None:
+                fm = _FIELD_LINE.fullmatch(line.decode("latin-1"))
+                if fm is None:
                     return None
-                name, value = m.groups()
+                name, value = fm.groups()
                 field = (name.lower(), value.strip(" \t"))
                 size = memo.size + len(line)
                 if size <= LINE_MEMO_BYTES:  # memo.remember's usual case, inline
