@@ -181,22 +181,33 @@ class FlowMetrics:
         hist: HistogramChild | None = None
         observe: Callable[[float], None] | None = None
         run = 0
+        # the previous flow's `_mkey` and direction, while it was lazy (see LazyFlow)
+        last_mkey: object = None
+        last_direction = ""
         for flow in flows:
             if isinstance(flow, LazyFlow):
-                # the key straight from what the producer set: the flow is not built for
-                # metrics (the plan for a new key is built from it materialised, once)
-                k = flow.metric_key()
-            elif flow.http is not None and flow.dns is None:
-                k = _http_key(flow)
-            elif flow.dns is not None and flow.http is None:
-                k = _dns_key(flow)
-            else:  # no plan: the general path, after what the run so far owes
-                if run:
-                    _bump(counters, incs, run)
-                key, run = None, 0
-                self._observe(flow)
-                continue
-            if k != key:
+                mkey = flow._mkey
+                direction = flow.traffic_direction
+                if mkey is not None and mkey == last_mkey and direction == last_direction:
+                    k = key  # the previous flow's metric_key(), without the call (~1.7k)
+                else:
+                    # the key straight from what the producer set: the flow is not built
+                    # for metrics (the plan for a new key is built from it materialised)
+                    k = flow.metric_key()
+                    last_mkey, last_direction = mkey, direction
+            else:
+                last_mkey = None
+                if flow.http is not None and flow.dns is None:
+                    k = _http_key(flow)
+                elif flow.dns is not None and flow.http is None:
+                    k = _dns_key(flow)
+                else:  # no plan: the general path, after what the run so far owes
+                    if run:
+                        _bump(counters, incs, run)
+                    key, run = None, 0
+                    self._observe(flow)
+                    continue
+            if k is not key and k != key:
                 if run:
                     _bump(counters, incs, run)
                 key, run = k, 0

@@ -277,15 +277,21 @@ class LazyFlow(Flow):
     - `metric_key()` (without materialising): a hashable value such that two flows with
       equal keys bump exactly the same metric children (metrics/flows.py replays one plan per
       key); it contains the class, and reads only eager fields and the producer's slots.
+    - `_mkey`: None, or what the producer knew of `metric_key()` at creation, such that two
+      flows with equal non-None `_mkey`s and equal `traffic_direction`s have equal
+      `metric_key()`s (the only field metric_key() reads that the emitter binds later is the
+      direction; a producer that sets `_mkey` never changes the others). The metrics then
+      call metric_key() once per run of such flows, not once per flow.
     Materialising from two threads at once computes equal values twice (harmless: each field
     is one atomic store, and the reference depends only on what was captured).
     Why not `__getattr__`: a type with one loses CPython 3.11's specialised attribute loads
     for every attribute, eager ones included (~2x the cost of the whole emit path).
     """
 
-    __slots__ = ("_bound", "_done", "_names")
+    __slots__ = ("_bound", "_done", "_mkey", "_names")
     _bound: tuple[str, FlowEndpoint, FlowEndpoint]
     _done: bool
+    _mkey: object
     _names: list[str]
     l7_protocol = ""  # "http" | "dns": which of `http` / `dns` `_reference()` fills
 

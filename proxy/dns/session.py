@@ -653,6 +653,7 @@ def _lazy_dns_flow(time_ns: int, info: DnsConnInfo, qname: str, query: wire.Quer
     f.latency_ns = latency_ns
     f.drop_reason_desc = ""
     f._dns = (info, qname, query, rcode, is_reply, answer, rule_id)
+    f._mkey = None  # the metrics call metric_key() for every DNS flow
     return f
 
 

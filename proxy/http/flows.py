@@ -133,7 +133,10 @@ def lazy_http_flow(time_ns: int, verdict: FlowVerdict, conn: _Conn, req: _Reques
     f.l7_type = l7_type
     f.latency_ns = latency_ns
     f.drop_reason_desc = "POLICY_DENIED" if verdict is _DROPPED else ""
-    f._http = (conn.src_port, conn.dst_port, req.method, req.url, req.protocol, code)
+    method, protocol = req.method, req.protocol
+    f._http = (conn.src_port, conn.dst_port, method, req.url, protocol, code)
+    # what metric_key() reads but the direction, fixed here (LazyFlow's `_mkey`)
+    f._mkey = ("http", verdict, l7_type, method, protocol, code, latency_ns > 0)
     return f
 
 

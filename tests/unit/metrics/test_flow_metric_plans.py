@@ -106,12 +106,13 @@ def test_non_http_flows_and_losses_still_counted() -> None:
                                 {"source": "observer_events_queue"}) == 1
 
 
-@given(picks=st.lists(st.tuples(st.integers(0, 5), st.integers(1, 4), st.integers(0, 3)),
-                      max_size=30))
+@given(picks=st.lists(st.tuples(st.integers(0, 5), st.integers(1, 4), st.integers(0, 3),
+                                st.sampled_from(["", "INGRESS", "EGRESS"])), max_size=30))
 def test_observe_many_in_runs_is_observe_one_by_one(
-        picks: list[tuple[int, int, int]]) -> None:
+        picks: list[tuple[int, int, int, str]]) -> None:
     """Runs of equal keys (shared plan lookup, counters bumped once per run), mixed with
-    other keys, eager flows and histogram values: the same samples as one by one."""
+    other keys, eager flows, histogram values and directions bound after creation (equal
+    `_mkey`s, other directions: another key): the same samples as one by one."""
     conn = SimpleNamespace(src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=1, dst_port=80)
     shapes = [(FlowVerdict.FORWARDED, 200, "RESPONSE"), (FlowVerdict.FORWARDED, 404, "RESPONSE"),
               (FlowVerdict.DROPPED, 403, "REQUEST"), (FlowVerdict.ERROR, 502, "RESPONSE"),
@@ -119,13 +120,15 @@ def test_observe_many_in_runs_is_observe_one_by_one(
     regs = CollectorRegistry(), CollectorRegistry()
     one, many = FlowMetrics(build_metrics(regs[0])), FlowMetrics(build_metrics(regs[1]))
     batch: list[Flow] = []
-    for shape, repeat, latency in picks:
+    for shape, repeat, latency, direction in picks:
         verdict, code, l7_type = shapes[shape]
         req = SimpleNamespace(method="GET" if shape != 4 else "PUT", url="http://a/x",
                               protocol="HTTP/1.1")
         for i in range(repeat):
             lat = 0 if l7_type == "REQUEST" else latency * 1_000_003 + i * 7
-            batch.append(lazy_http_flow(1, verdict, conn, req, code, l7_type, lat))  # type: ignore[arg-type]
+            flow = lazy_http_flow(1, verdict, conn, req, code, l7_type, lat)  # type: ignore[arg-type]
+            flow.traffic_direction = direction  # as the agent's binder sets it
+            batch.append(flow)
         if latency == 3:  # an eager flow inside the batch ends the run
             batch.append(Flow(time_ns=1, verdict=FlowVerdict.FORWARDED, kind=EventKind.L7,
                               l7_type="RESPONSE", latency_ns=5,
