@@ -57,7 +57,13 @@ from proxy.http.wire import LengthDecoder
 if TYPE_CHECKING:
     from proxy.http.session import HttpSession
 
-_FORWARDED = FlowVerdict.FORWARDED  # a global: an Enum attribute lookup costs ~700
+# Enum members as globals: a member looked up on its class costs ~650 instructions in
+# CPython 3.11, a global ~60 (callgrind); six such lookups per request were ~4k.
+_FORWARDED = FlowVerdict.FORWARDED
+_ALLOW = Decision.FORWARDED
+_NO_BODY_KIND = BodyKind.NONE
+_UP_HEAD = UpstreamState.HEAD
+_WAIT = ClientState.WAIT
 
 # Heads longer than this are not remembered: the memo holds the head and what was built
 # from it (~3x its size) for the connection's life, so 10,000 connections (the cap) keep at
@@ -99,7 +105,7 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
         req = PreparedRequest(method, version, PROTOCOL[version],
                               new_meta(method, target, host, tuple(fields)),
                               "".join(("http://", host, target)),
-                              serialise(method, target, fields), BodyKind.NONE, 0,
+                              serialise(method, target, fields), _NO_BODY_KIND, 0,
                               version == "1.1", False, None, False)
         # HTTP/1.0 closes after this exchange: nothing to repeat
         if version == "1.1" and len(data) <= MEMO_MAX_HEAD_BYTES:
@@ -110,7 +116,7 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
         verdict = s._decide(s.conn, req.meta)
     except Exception:  # fail closed, as HttpSession._verdict does
         verdict = s._decide_failed()
-    if verdict.decision is not Decision.FORWARDED:
+    if verdict.decision is not _ALLOW:
         out: list[Action] = []
         s._apply_verdict(ex, verdict, out)
         if s.state is ClientState.BODY:
@@ -122,8 +128,8 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
     s._ex = ex
     if not req.keep_alive:
         s._close_after = True
-    s.up_state = UpstreamState.HEAD
-    s.state = ClientState.WAIT
+    s.up_state = _UP_HEAD
+    s.state = _WAIT
     return req.upstream_head  # for the upstream: SendUpstream(it) is the only action
 
 
