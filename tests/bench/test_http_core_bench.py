@@ -3,8 +3,9 @@
 Runs the sans-IO `HttpSession` on N keep-alive exchanges, no I/O, and prints µs per request
 for each codec: a curl-like request (3 headers) answered by a haproxy-like response
 (content-length, 64-byte body), the same request with a distinct X-Request-Id each time
-(no two heads alike, as in traced traffic), a browser-like request (13 headers, ~750-byte head as in
-perf-anchors.md B3), and a denied request (403 generated locally). Each exchange is one
+(no two heads alike, as in traced traffic), a browser-like request (13 headers, ~750-byte
+head as in perf-anchors.md B3), the same with a distinct X-Request-Id each time, and a denied
+request (403 generated locally). Each exchange is one
 client read and one upstream read, exactly as the server feeds them; every action is
 consumed the way `_execute` would (so lazily built values are paid for). The figure is the
 per-request user-space cost of the core alone; the loopback wrk bench adds the I/O.
@@ -63,8 +64,13 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-length: 64\r\ncontent-type: text/plain\
 # per-connection memo of the last head (proxy/http/session_fast.py) never answers, so this
 # column is the cost of a head seen for the first time; the others repeat one head.
 VARYING = [SMALL[:-2] + b"X-Request-Id: %016x\r\n\r\n" % i for i in range(1024)]
+# "browser" with its X-Request-Id changing (the other 13 lines repeat, as from one client):
+# what the per-connection memo of checked lines (fast.plain_request_lines) is for.
+BROWSER_VARYING = [BROWSER.replace(b"7d3c9a2b-5e1f-4c8d-9b0a-1e2f3a4b5c6d",
+                                   b"7d3c9a2b-5e1f-4c8d-9b0a-%012x" % i) for i in range(1024)]
 CASES: dict[str, list[bytes]] = {"small": [SMALL], "small-varying": VARYING,
-                                 "browser": [BROWSER], "denied": [DENIED]}
+                                 "browser": [BROWSER], "browser-varying": BROWSER_VARYING,
+                                 "denied": [DENIED]}
 
 
 def decide(conn: ConnInfo, meta: HttpRequestMeta) -> Verdict:
