@@ -18,6 +18,7 @@ costs). Every request carries its own x-request-id, as in the sandbox benches.
 Run:
   python -m tests.bench.inproc_http run MODE [REQUESTS] [CONNS]   # CPU µs/request (noisy)
   python -m tests.bench.inproc_http instr MODE                     # instructions/request
+  python -m tests.bench.inproc_http ops MODE                       # bytecodes/request
 `instr` runs `run` under valgrind's callgrind at 1,280 and 6,400 requests (64 connections)
 and prints the difference per request, so start-up cancels out; the cyclic GC is disabled
 in both (the agent freezes survivors every second, gctune.py; here a run is too short to
@@ -162,6 +163,47 @@ def instructions(mode: str, low: int = 1280, high: int = 6400) -> int:
     return (totals[1] - totals[0]) // (high - low)
 
 
+def count_bytecodes(mode: str, requests: int) -> int:
+    """Python bytecodes executed outside this module (the proxy side: server, session,
+    agent, metrics, ring; not this file's client and origin) during `run`, start-up
+    included. sys.settrace with per-opcode events: slow, but exact."""
+    import uvloop
+    counts = [0]
+    here = __file__
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            counts[0] += 1
+        return local
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename == here:
+            return None
+        frame.f_trace_opcodes = True
+        return local
+
+    sys.settrace(tracer)
+    try:
+        uvloop.run(run(mode, requests, 64))
+    finally:
+        sys.settrace(None)
+    return counts[0]
+
+
+def bytecodes(mode: str, low: int = 1280, high: int = 6400) -> int:
+    """Proxy-side bytecodes per request: counts at two request counts, differenced (in
+    fresh processes, so start-up cancels out). Why beside instructions: the eval loop's
+    instructions cost more time than a C routine's (perf in the sandbox: l7gate spends
+    ~20 % of its CPU in _PyEval_EvalFrameDefault, the floor ~11 %, at equal instructions)."""
+    totals = []
+    for n in (low, high):
+        out = subprocess.run([sys.executable, "-m", "tests.bench.inproc_http", "_ops", mode,
+                              str(n)], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+        totals.append(int(out.split()[-1]))
+    return (totals[1] - totals[0]) // (high - low)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "run":
         requests = int(argv[2]) if len(argv) > 2 else 20_000
@@ -171,6 +213,12 @@ def main(argv: list[str]) -> int:
         return 0
     if len(argv) == 2 and argv[0] == "instr":
         print(f"{argv[1]}: {instructions(argv[1])} instructions/request")
+        return 0
+    if len(argv) == 2 and argv[0] == "ops":
+        print(f"{argv[1]}: {bytecodes(argv[1])} proxy-side bytecodes/request")
+        return 0
+    if len(argv) == 3 and argv[0] == "_ops":
+        print(count_bytecodes(argv[1], int(argv[2])))
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -3,7 +3,9 @@
 Prints CPU µs per request for the loop alone (`direct`), the least-Python floor and l7gate
 (the product's server with the agent's callbacks and the README policies), and, when
 valgrind is installed (scripts/setup.sh installs it), the instructions per request under
-callgrind, which do not drift with the machine the way sandbox rates do. Asserts that every
+callgrind, which do not drift with the machine the way sandbox rates do, and the Python
+bytecodes the proxy side executes per request (the eval loop's share of the time grows with
+them faster than the instruction count shows). Asserts that every
 run completed: each request answered 200 by the origin and, for l7gate, one flow per
 request in the agent's ring (inproc_http.run raises otherwise). Asserts nothing on time.
 """
@@ -16,7 +18,7 @@ import sys
 
 import pytest
 
-from tests.bench.inproc_http import ROOT, instructions
+from tests.bench.inproc_http import ROOT, bytecodes, instructions
 
 pytestmark = pytest.mark.bench
 MODES = ("direct", "floor", "l7gate")
@@ -30,6 +32,10 @@ def test_inproc_http_loop() -> None:
                              timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         print(out.stdout.strip())
+    ops = {mode: bytecodes(mode) for mode in MODES[1:]}
+    print("proxy-side Python bytecodes/request: "
+          + ", ".join(f"{mode} {n:,}" for mode, n in ops.items()))
+    assert all(n > 0 for n in ops.values())
     if shutil.which("valgrind") is None:
         print("valgrind not installed: no instruction counts")
         return
