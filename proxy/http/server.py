@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: pick the source port at connect(), not bind()
 SWEEP_INTERVAL_S = 1.0  # timer granularity for header/idle timeouts (cheaper than per-read timers)
 PoolKey = tuple[str, str, int, int]
-# Enum members as globals: a class attribute lookup costs ~700 instructions (callgrind).
+# Enum members as globals: a member looked up on its class costs ~650 instructions in
+# CPython 3.11, a global ~60 (callgrind).
 _HEAD, _CLOSED, _UP_HEAD = ClientState.HEAD, ClientState.CLOSED, UpstreamState.HEAD
 _A = TypeVar("_A")
 
@@ -261,10 +262,7 @@ class _Client(asyncio.Protocol):
             fast = fast_response(session, ex, data)
             if type(fast) is tuple:
                 flow, out, reusable = fast
-                try:
-                    self.server.emit(flow)
-                except Exception:  # the flow sink must not break the data path
-                    log.exception("flow emit callback failed")
+                self.server.emit_flow(flow)
                 if self.transport is not None:
                     self.transport.write(out)
                 self._release_upstream(reusable and not self.tunnel)
@@ -325,10 +323,7 @@ class _Client(asyncio.Protocol):
                 elif kind is SendUpstream:
                     self._send_upstream(action.data)  # type: ignore[union-attr]
                 elif kind is Emit:
-                    try:
-                        self.server.emit(action.flow)  # type: ignore[union-attr]
-                    except Exception:  # the flow sink must not break the data path
-                        log.exception("flow emit callback failed")
+                    self.server.emit_flow(action.flow)  # type: ignore[union-attr]
                 elif kind is ReleaseUpstream:
                     self._release_upstream(
                         action.reusable and not self.tunnel)  # type: ignore[union-attr]

@@ -407,3 +407,24 @@ def test_express_lane_changes_nothing_observable() -> None:
     responses = on[0]
     assert len(responses) == 11 and responses[2].startswith(b"403 ")
     assert responses[-1] == b"200 close GET /api/i 0"
+
+
+def test_a_failing_flow_sink_does_not_break_the_data_path(caplog: pytest.LogCaptureFixture) -> None:
+    """Forwarded (express lane: one flow per exchange) and denied requests are answered
+    as usual when the agent's flow sink raises; each failure is logged."""
+    async def scenario(proxy: HttpProxyServer, origin: Origin, flows: list[Flow]) -> None:
+        def broken(flow: Flow) -> None:
+            flows.append(flow)
+            raise RuntimeError("sink down")
+        proxy.emit = broken
+        r, w = await connect(proxy)
+        for path in (b"/api/a", b"/admin", b"/api/b"):
+            w.write(GET % path)
+            status, _, body = await read_response(r)
+            assert (status, body) == ((200, b"GET " + path + b" 0") if path != b"/admin"
+                                      else (403, b"Access denied\r\n"))
+        assert [f.verdict.value for f in flows] == ["FORWARDED", "DROPPED", "FORWARDED"]
+        assert caplog.text.count("flow emit callback failed") == 3
+        w.close()
+
+    run_scenario(scenario)
