@@ -163,16 +163,6 @@ class LineMemo:
         self.fields: dict[bytes, tuple[str, str]] = {}
         self.size = 0  # bytes of the field lines held
 
-    def remember(self, line: bytes, field: tuple[str, str]) -> None:
-        n = len(line)
-        if self.size + n > LINE_MEMO_BYTES:
-            if n > LINE_MEMO_BYTES:
-                return
-            self.fields.clear()
-            self.size = 0
-        self.fields[line] = field
-        self.size += n
-
 
 def plain_request_lines(head: bytes, max_headers: int, memo: LineMemo) -> PlainRequest | None:
     """`plain_request(head, max_headers)`, equal on every head whatever `memo` holds: a line
@@ -186,7 +176,7 @@ def plain_request_lines(head: bytes, max_headers: int, memo: LineMemo) -> PlainR
     plain_request): the bench's three-line head 18.6k -> 14.2k instructions, a browser's
     14-line head of 571 bytes 82.6k -> 29.5k; the HTTP proxy end to end in one process
     (tests/bench/inproc_http.py) 100.8k -> 95.9k. A new field line is matched decoded (its
-    groups come out as str) and remembered inline (a method call costs ~1k here)."""
+    groups come out as str)."""
     if head[-4:] != b"\r\n\r\n":
         return None
     lines = head[:-4].split(b"\r\n")
@@ -225,11 +215,14 @@ def plain_request_lines(head: bytes, max_headers: int, memo: LineMemo) -> PlainR
                     return None
                 name, value = fm.groups()
                 field = (name.lower(), value.strip(" \t"))
+                # remembered inline (a method call costs ~1k here): when the line does not
+                # fit, the field lines start again; a line over the whole budget is not kept
                 size = memo.size + len(line)
-                if size <= LINE_MEMO_BYTES:  # memo.remember's usual case, inline
+                if size > LINE_MEMO_BYTES and len(line) <= LINE_MEMO_BYTES:
+                    memo.fields.clear()
+                    size = len(line)
+                if size <= LINE_MEMO_BYTES:
                     memo.fields[line] = field
                     memo.size = size
-                else:
-                    memo.remember(line, field)
             fields.append(field)
     return first[0], first[1], first[2], fields

@@ -97,8 +97,10 @@ def test_the_memo_is_bounded_and_starts_again() -> None:
     # request line and Host line are not kept either
     huge = b"X: " + b"a" * fast.LINE_MEMO_BYTES
     target = b"/" + b"p" * fast.LINE_MEMO_LINE
-    memo = check([b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n" + huge + b"\r\n\r\n"] * 2)
+    memo = check([b"GET " + target + b" HTTP/1.1\r\nHost: h\r\nX: y\r\n" + huge
+                  + b"\r\n\r\n"] * 2)
     assert huge not in memo.fields and memo.first_line is None and memo.host_line == b"Host: h"
+    assert b"X: y" in memo.fields  # a line that can never be kept does not empty the memo
     host = b"Host: " + b"h" * fast.LINE_MEMO_LINE
     memo = check([b"GET / HTTP/1.1\r\n" + host + b"\r\n\r\n"] * 2)
     assert memo.first_line == b"GET / HTTP/1.1" and memo.host_line is None
