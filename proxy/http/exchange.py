@@ -39,6 +39,12 @@ class UpstreamState(enum.Enum):
     TUNNEL = "tunnel"
 
 
+# The states the per-request path reads or sets, as module values: a member looked up on its
+# Enum class costs ~650 instructions in CPython 3.11, a global ~60 (callgrind); importers
+# bind them as their own globals.
+CLIENT_HEAD, CLIENT_WAIT, CLIENT_CLOSED = ClientState.HEAD, ClientState.WAIT, ClientState.CLOSED
+UP_IDLE, UP_HEAD = UpstreamState.IDLE, UpstreamState.HEAD
+
 NO_BODY = LengthDecoder(0)  # done from the start: never fed, shared by bodiless requests
 
 

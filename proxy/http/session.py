@@ -36,10 +36,12 @@ from proxy.http.actions import (
 )
 from proxy.http.codec import CodecBody, CodecEnd, CodecEvent, CodecFactory, CodecHead
 from proxy.http.exchange import (
+    CLIENT_HEAD,
     CLOSE_CLIENT,
     RELEASE_BROKEN,
     RELEASE_REUSABLE,
     START_TUNNEL,
+    UP_IDLE,
     ClientState,
     Exchange,
     UpstreamState,
@@ -65,8 +67,6 @@ from proxy.http.wire import (
 )
 
 log = logging.getLogger(__name__)
-_UP_IDLE = UpstreamState.IDLE
-_HEAD = ClientState.HEAD
 
 Decide = Callable[[ConnInfo, HttpRequestMeta], Verdict]
 
@@ -532,10 +532,10 @@ class HttpSession:
         if not ex.req_done or self._close_after or self._client_eof or self._buf:
             return False
         ex.resp_done = True
-        self.up_state = _UP_IDLE  # globals: an Enum member lookup costs ~650 instructions
+        self.up_state = UP_IDLE  # (exchange.py's globals: an Enum lookup costs ~650)
         self._rbuf.clear()
         self._ex = None
-        self.state = _HEAD
+        self.state = CLIENT_HEAD
         return True
 
     def _exchange_done(self, ex: Exchange, out: list[Action]) -> None:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 from observe.flow import Flow, FlowVerdict
 from policy.types import Decision
 from proxy.http.actions import Action, Emit, SendClient
-from proxy.http.exchange import NO_BODY, ClientState, Exchange, UpstreamState
+from proxy.http.exchange import CLIENT_WAIT, NO_BODY, UP_HEAD, ClientState, Exchange
 from proxy.http.fast import plain_request_lines, plain_response
 from proxy.http.flows import lazy_http_flow
 from proxy.http.request import AUTHORITY, PROTOCOL, BodyKind, PreparedRequest, new_meta, serialise
@@ -57,13 +57,12 @@ from proxy.http.wire import LengthDecoder
 if TYPE_CHECKING:
     from proxy.http.session import HttpSession
 
-# Enum members as globals: a member looked up on its class costs ~650 instructions in
-# CPython 3.11, a global ~60 (callgrind); six such lookups per request were ~4k.
+# Enum members as globals (as exchange.py's states): a member looked up on its class costs
+# ~650 instructions in CPython 3.11, a global ~60 (callgrind); six such lookups per request
+# were ~4k.
 _FORWARDED = FlowVerdict.FORWARDED
 _ALLOW = Decision.FORWARDED
 _NO_BODY_KIND = BodyKind.NONE
-_UP_HEAD = UpstreamState.HEAD
-_WAIT = ClientState.WAIT
 
 # Heads longer than this are not remembered: the memo holds the head and what was built
 # from it (~3x its size) for the connection's life, so 10,000 connections (the cap) keep at
@@ -128,8 +127,8 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
     s._ex = ex
     if not req.keep_alive:
         s._close_after = True
-    s.up_state = _UP_HEAD
-    s.state = _WAIT
+    s.up_state = UP_HEAD
+    s.state = CLIENT_WAIT
     return req.upstream_head  # for the upstream: SendUpstream(it) is the only action
 
 
