@@ -5,7 +5,8 @@ where n is the body size it read), or a large body when the target starts with `
 Sends `100 Continue` itself when asked. Records connections and request heads. A target of
 `/close-after` makes it close the connection right after answering (keep-alive advertised),
 as an origin whose keepalive timeout fires would; `/api/stale` arriving on a reused
-connection makes it close without answering (the race a pooled connection can lose).
+connection makes it close without answering (the race a pooled connection can lose);
+`/api/then-junk` is answered, then followed by bytes nobody asked for.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class Origin:
                 if target == "/api/close-after":
                     w.close()
                     return
+                if target == "/api/then-junk":  # after the proxy parked the connection
+                    await asyncio.sleep(0.05)
+                    w.write(b"junk")
+                    await w.drain()
         w.close()
 
     async def _read_body(self, r: asyncio.StreamReader, fields: dict[str, str]) -> int:

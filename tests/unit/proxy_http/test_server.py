@@ -89,17 +89,25 @@ def test_allowed_denied_and_pool_reuse(codec: str) -> None:
         assert [(s, b) for s, _, b in got] == [(200, b"GET /api/a 0"),
                                               (403, b"Access denied\r\n"),
                                               (200, b"GET /api/b 0")]
+        # the connection stayed parked on this client between its requests
+        assert origin.connections == 1 and proxy.stats.upstream_reuses == 1
+        [client] = proxy.clients
+        assert client.up is not None and client.up.parked and not proxy._pool
+        w.close()
+        for _ in range(200):  # wait (bounded) until the proxy saw the client go
+            if proxy._pool:
+                break
+            await asyncio.sleep(0.01)
         r2, w2 = await connect(proxy)  # a second client from the same source IP
         w2.write(GET % b"/api/c")
         assert (await read_response(r2))[2] == b"GET /api/c 0"
-        assert origin.connections == 1  # one pooled upstream connection served all four
-        assert proxy.stats.upstream_reuses >= 2
+        assert origin.connections == 1  # the first client's connection, from the pool
+        assert proxy.stats.upstream_reuses == 2
         assert [(f.verdict.value, f.http.code if f.http else 0) for f in flows] == [
             ("FORWARDED", 200), ("DROPPED", 403), ("FORWARDED", 200), ("FORWARDED", 200)]
         assert flows[1].drop_reason_desc == "POLICY_DENIED" and flows[1].l7_type == "REQUEST"
         assert flows[0].latency_ns > 0 and flows[0].http is not None
         assert flows[0].http.url == "http://svc/api/a"
-        w.close()
         w2.close()
 
     run_scenario(real, codec)
@@ -110,13 +118,55 @@ def test_origin_closed_pooled_connection_is_not_reused() -> None:
         r, w = await connect(proxy)
         w.write(GET % b"/api/close-after")
         assert (await read_response(r))[0] == 200
+        [client] = proxy.clients
         for _ in range(200):  # wait (bounded) until the proxy saw the origin's FIN
-            if not proxy._pool:
+            if client.up is None:
                 break
             await asyncio.sleep(0.01)
-        assert not proxy._pool
+        assert client.up is None and not proxy._pool  # dropped, neither parked nor pooled
         w.write(GET % b"/api/again")
         assert (await read_response(r))[2] == b"GET /api/again 0"
+        assert origin.connections == 2
+        w.close()
+
+    run_scenario(scenario)
+
+
+def test_parked_connection_idles_out_like_a_pooled_one() -> None:
+    async def scenario(proxy: HttpProxyServer, origin: Origin, flows: list[Flow]) -> None:
+        r, w = await connect(proxy)
+        w.write(GET % b"/api/a")
+        assert (await read_response(r))[0] == 200
+        [client] = proxy.clients
+        up = client.up
+        assert up is not None and up.parked
+        for _ in range(200):  # bounded: the sweeper runs every 0.05 s
+            if client.up is None:
+                break
+            await asyncio.sleep(0.01)
+        assert client.up is None and not up.alive and not proxy.clients.isdisjoint({client})
+        w.write(GET % b"/api/b")  # the client stays; its next request opens a new one
+        assert (await read_response(r))[2] == b"GET /api/b 0"
+        assert origin.connections == 2
+        w.close()
+
+    run_scenario(scenario, upstream_idle_timeout_s=0.1)
+
+
+def test_bytes_on_a_parked_connection_close_it() -> None:
+    async def scenario(proxy: HttpProxyServer, origin: Origin, flows: list[Flow]) -> None:
+        r, w = await connect(proxy)
+        w.write(GET % b"/api/then-junk")  # answered, then junk nobody asked for
+        assert (await read_response(r))[0] == 200
+        [client] = proxy.clients
+        for _ in range(200):  # bounded
+            if client.up is None:
+                break
+            await asyncio.sleep(0.01)
+        assert client.up is None and not proxy._pool and proxy.stats.upstream_errors == 1
+        w.write(GET % b"/api/b")
+        # the junk never reached the client: this read would start with it
+        assert (await read_response(r))[:3:2] == (200, b"GET /api/b 0")
         assert origin.connections == 2
         w.close()
 
