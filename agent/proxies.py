@@ -8,8 +8,10 @@ the datapath redirects to; the agent publishes the ports to BPF only after both 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
+from proxy import compiled
 from proxy.dns.server import DnsProxyServer
 from proxy.dns.session import Stage
 from proxy.http.server import HttpProxyServer
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from agent.daemon import Agent
 
 LISTEN_ADDR = "0.0.0.0"  # the datapath assigns redirected sockets; nothing else reaches it
+log = logging.getLogger(__name__)
 
 
 async def start_http_proxy(agent: Agent) -> HttpProxyServer:
@@ -33,6 +36,11 @@ async def start_http_proxy(agent: Agent) -> HttpProxyServer:
         decide_for=agent.http_decide_for,
     )
     await server.start()
+    done = compiled.loaded()
+    if done:
+        log.info("http proxy: compiled hot path (mypyc): %s", ", ".join(done))
+    else:
+        log.info("http proxy: pure Python (compiled hot path not used: %s)", compiled.STATUS)
     return server
 
 

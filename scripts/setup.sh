@@ -2,7 +2,8 @@
 # One-shot, idempotent set-up of a fresh Debian 12 machine for l7gate:
 #   Debian packages (bcc's Python bindings exist only as python3-bpfcc), kernel headers and
 #   the /lib/modules links bcc needs, and the project venv (.venv) built from Debian's
-#   /usr/bin/python3 with --system-site-packages so that `import bcc` works.
+#   /usr/bin/python3 with --system-site-packages so that `import bcc` works, and the HTTP
+#   proxy's compiled hot path (scripts/build_compiled.py: mypyc, needs gcc + python3-dev).
 # Safe to run again: every step checks before it acts. Needs root for apt and the links.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ VENV=${VENV:-.venv}
 
 DEB_PKGS=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-dev
           iproute2 curl bind9-dnsutils dnsmasq-base socat wrk haproxy dnsperf procps iputils-ping
-          prometheus iperf3 valgrind
+          prometheus iperf3 valgrind gcc
           )
 
 missing=()
@@ -65,4 +66,9 @@ if [ ! -e "$stamp" ]; then
 fi
 "$VENV/bin/python" -c 'import bcc, yaml, re2, h11, httptools, uvloop, dnslib, prometheus_client, pyroute2' \
   || { echo "setup: venv imports failed" >&2; exit 1; }
+# Rebuilt only when a compiled module's source changed (its manifest says which sources).
+"$VENV/bin/python" scripts/build_compiled.py 2>&1 | grep -v -e 'warning: Treating generator' \
+  -e '_BetaConfiguration' -e 'warnings.warn(msg' || true
+why=$(env -u L7GATE_PURE "$VENV/bin/python" -c 'import proxy.http, proxy.compiled as c; print(c.STATUS)')
+[ -z "$why" ] || { echo "setup: the compiled hot path is not usable: $why" >&2; exit 1; }
 echo "setup: ok ($("$VENV/bin/python" --version), venv $VENV)"

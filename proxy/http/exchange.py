@@ -64,3 +64,22 @@ class Exchange:
     resp: ResponseFraming | None = None
     reusable: bool = True
     retried: bool = False
+
+    # Written out, as PreparedRequest's (request.py): C when compiled. The defaults above
+    # stay the dataclass's record of them; this sets the same.
+    def __init__(self, req: PreparedRequest, codec: RequestCodec,
+                 decoder: LengthDecoder | ChunkedDecoder, forward: bool, start_ns: int) -> None:
+        self.req = req
+        self.codec = codec
+        self.decoder = decoder
+        self.forward = forward
+        self.start_ns = start_ns
+        self.codec_body = 0
+        self.codec_end = False
+        self.body_bytes = 0
+        self.req_done = False
+        self.resp_done = False
+        self.resp_started = False
+        self.resp = None
+        self.reusable = True
+        self.retried = False

@@ -11,7 +11,9 @@ Addresses: node2's pods live on 127.0.2.0/24 and node1's on 127.0.1.0/24 in this
 endpoints file, so the client binds the frontend's address 127.0.1.10 and the origin
 listens on my-api's 127.0.2.10:8080; everything stays on the loopback device.
 
-Modes: `l7gate` (the product's server and agent callbacks), `floor` (tests/bench/pyfloor.py's
+Modes: `l7gate` (the product's server and agent callbacks, with the compiled hot path of
+proxy/compiled.py when it is built), `l7gate-pure` (the same from the Python sources: the
+process re-runs itself with L7GATE_PURE=1), `floor` (tests/bench/pyfloor.py's
 forwarder, the least Python per request), `direct` (client to origin: what the loop itself
 costs). Every request carries its own x-request-id, as in the sandbox benches.
 
@@ -119,6 +121,14 @@ async def _proxy(mode: str) -> tuple[Any, Any]:
     return server, agent
 
 
+def _compiled_note(mode: str) -> str:
+    if not mode.startswith("l7gate"):
+        return ""
+    from proxy import compiled
+    done = compiled.loaded()
+    return f"; compiled: {', '.join(done)}" if done else f"; pure Python ({compiled.STATUS})"
+
+
 async def run(mode: str, requests: int, conns: int) -> None:
     loop = asyncio.get_running_loop()
     origin = await loop.create_server(_Origin, DST, ORIGIN_PORT)
@@ -142,10 +152,16 @@ async def run(mode: str, requests: int, conns: int) -> None:
     if agent is not None and agent.ring.last_seq != total:
         raise RuntimeError(f"{agent.ring.last_seq} flows for {total} requests")
     print(f"{mode}: {total} requests, {cpu / total * 1e6:.1f} µs CPU/request (client and "
-          "origin included)")
+          f"origin included){_compiled_note(mode)}")
     if proxy is not None:
         await proxy.close() if hasattr(proxy, "listen") else proxy.close()
     origin.close()
+
+
+def _env(mode: str) -> dict[str, str]:
+    """The child's environment: `l7gate-pure` asks for the sources (no re-exec under
+    valgrind, which would not follow it)."""
+    return {**os.environ, "L7GATE_PURE": "1"} if mode == "l7gate-pure" else dict(os.environ)
 
 
 def instructions(mode: str, low: int = 1280, high: int = 6400) -> int:
@@ -155,7 +171,7 @@ def instructions(mode: str, low: int = 1280, high: int = 6400) -> int:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
              "-m", "tests.bench.inproc_http", "run", mode, str(n), "64"],
-            cwd=ROOT, capture_output=True, text=True, check=True).stderr
+            cwd=ROOT, capture_output=True, text=True, check=True, env=_env(mode)).stderr
         m = re.search(r"Collected : (\d+)", out)
         if m is None:
             raise RuntimeError(f"no callgrind total in: {out[-500:]}")
@@ -199,12 +215,15 @@ def bytecodes(mode: str, low: int = 1280, high: int = 6400) -> int:
     for n in (low, high):
         out = subprocess.run([sys.executable, "-m", "tests.bench.inproc_http", "_ops", mode,
                               str(n)], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout
+                             check=True, env=_env(mode)).stdout
         totals.append(int(out.split()[-1]))
     return (totals[1] - totals[0]) // (high - low)
 
 
 def main(argv: list[str]) -> int:
+    if "l7gate-pure" in argv and os.environ.get("L7GATE_PURE") != "1":  # before any import
+        os.execve(sys.executable, [sys.executable, "-m", "tests.bench.inproc_http", *argv],
+                  {**os.environ, "L7GATE_PURE": "1"})
     if len(argv) >= 2 and argv[0] == "run":
         requests = int(argv[2]) if len(argv) > 2 else 20_000
         conns = int(argv[3]) if len(argv) > 3 else 64

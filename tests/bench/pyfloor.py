@@ -26,7 +26,8 @@ and the pod source address on the upstream socket are the product's, the per-req
 the floor's. It answers "what does the least Python cost where the product really runs",
 i.e. with transparent sockets, marks and the tc programs in the path, which the plain floor
 beside haproxy (an agent-less sandbox) does not pay. Done by replacing the protocol class the
-HTTP server instantiates (`proxy.http.server._Client`), in this process only.
+HTTP server instantiates (`proxy.http.server._Client`), in this process only, which needs
+the interpreted server module (`L7GATE_PURE=1`; the compiled one binds its class early).
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ class TransparentClient(_Client):
 def _agent_main(args: list[str]) -> int:
     import proxy.http.server as http_server
     from agent.cli import main
+    if not str(http_server.__file__).endswith(".py"):  # compiled: `_Client` is bound early
+        raise SystemExit("pyfloor agent needs the pure-Python proxy.http: set L7GATE_PURE=1")
     http_server._Client = TransparentClient  # type: ignore[misc,assignment]
     return main(args)
 

@@ -1,7 +1,8 @@
 """The HTTP proxy end to end in one process (make bench; tests/bench/inproc_http.py).
 
 Prints CPU µs per request for the loop alone (`direct`), the least-Python floor and l7gate
-(the product's server with the agent's callbacks and the README policies), and, when
+(the product's server with the agent's callbacks and the README policies; `l7gate` with
+the compiled hot path of proxy/compiled.py, `l7gate-pure` from the sources), and, when
 valgrind is installed (scripts/setup.sh installs it), the instructions per request under
 callgrind, which do not drift with the machine the way sandbox rates do, and the Python
 bytecodes the proxy side executes per request (the eval loop's share of the time grows with
@@ -18,10 +19,10 @@ import sys
 
 import pytest
 
-from tests.bench.inproc_http import ROOT, bytecodes, instructions
+from tests.bench.inproc_http import ROOT, _env, bytecodes, instructions
 
 pytestmark = pytest.mark.bench
-MODES = ("direct", "floor", "l7gate")
+MODES = ("direct", "floor", "l7gate-pure", "l7gate")
 
 
 def test_inproc_http_loop() -> None:
@@ -29,7 +30,7 @@ def test_inproc_http_loop() -> None:
     for mode in MODES:
         out = subprocess.run([sys.executable, "-m", "tests.bench.inproc_http", "run", mode,
                               "6400", "64"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+                             timeout=300, env=_env(mode))
         assert out.returncode == 0, out.stderr[-2000:]
         print(out.stdout.strip())
     ops = {mode: bytecodes(mode) for mode in MODES[1:]}

@@ -351,11 +351,13 @@ def _haproxy(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
 
 def _start_python(sb: Sandbox, node: str, args: list[str], log: Path,
                   ready: Callable[[], bool] | None = None,
-                  timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
+                  timeout_s: float = 30.0,
+                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`python -m ARGS` from the repo inside `node`'s netns, output to `log`; when `ready` is
     given, wait (bounded) until it holds, stopping the process if it never does."""
     cmd, env = sb.command(node, [sys.executable, "-m", *args])
     env["PYTHONPATH"] = str(REPO)
+    env.update(extra_env or {})
     fh = open(log, "wb")  # closed below; Popen keeps its own fd
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
@@ -397,8 +399,11 @@ def _floor_agent(sb: Sandbox, node: str, tmp_path: Path) -> subprocess.Popen[byt
     stop([proc], 10.0)
     _reap_child(proc.pid)
     sock.unlink(missing_ok=True)  # the new agent creates it when ready
+    # pure-Python proxy.http: the floor swaps the server's client class, which compiled
+    # code (proxy/compiled.py) would not look up (pyfloor.py refuses to run otherwise)
     return _start_python(sb, node, ["tests.bench.pyfloor", *args], tmp_path / "floor-agent.log",
-                         ready=sock.exists, timeout_s=AGENT_SWAP_TIMEOUT_S)
+                         ready=sock.exists, timeout_s=AGENT_SWAP_TIMEOUT_S,
+                         extra_env={"L7GATE_PURE": "1"})
 
 
 @pytest.mark.timeout(TEST_TIMEOUT_S)
