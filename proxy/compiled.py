@@ -12,13 +12,14 @@ per request (`ops`) 1,150 -> 246, the rest being the agent's flow and decide cal
 
 Contract:
 - `MODULES` lists the compiled modules of `proxy.http` (scripts/build_compiled.py builds
-  them into `build/mypyc/`, with a manifest of each source's sha256, the interpreter's
-  cache tag and the mypy version).
+  them into `build/mypyc/`, with a manifest of the sha256 of every source of the package,
+  the interpreter's cache tag and the mypy version).
 - `enable(package_path)` is called by `proxy/http/__init__.py` before any submodule is
   imported: when the manifest matches every listed source byte for byte, it puts the
   compiled directory in front of the package's `__path__` (the extension modules are then
   found first) and returns ""; otherwise it changes nothing and returns why (a missing
-  build, `L7GATE_PURE=1`, a source edited since the build, another interpreter). All or
+  build, `L7GATE_PURE=1`, a source of the package edited, added or removed since the
+  build, another interpreter). All or
   nothing: the compiled modules call each other directly, so a mix is never loaded.
 - `STATUS` holds the answer ("" = compiled), for the agent's start-up log and the benches.
 """
@@ -48,8 +49,10 @@ STATUS = "not asked"
 
 
 def source_digests() -> dict[str, str]:
-    return {name: hashlib.sha256((PACKAGE_DIR / f"{name}.py").read_bytes()).hexdigest()
-            for name in MODULES}
+    """sha256 of every source of the package, compiled or not: the compiled modules are
+    built against the others' types, so any edit in the package asks for a rebuild."""
+    return {path.stem: hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(PACKAGE_DIR.glob("*.py"))}
 
 
 def expected_manifest(mypy_version: str) -> dict[str, object]:
@@ -73,7 +76,8 @@ def why_not_compiled() -> str:
     if not isinstance(sources, dict):
         return f"manifest {MANIFEST} has no sources"
     now = source_digests()
-    changed = sorted(name for name in MODULES if sources.get(name) != now[name])
+    changed = sorted(name for name in now.keys() | sources.keys()
+                     if sources.get(name) != now.get(name))
     if changed:
         return "stale: " + ", ".join(f"{name}.py" for name in changed) + \
             " changed since the build (make setup rebuilds it)"

@@ -28,8 +28,8 @@ def fake_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of proxy/http's listed sources and a manifest built from them."""
     pkg = tmp_path / "proxy" / "http"
     pkg.mkdir(parents=True)
-    for name in compiled.MODULES:
-        shutil.copy(compiled.PACKAGE_DIR / f"{name}.py", pkg / f"{name}.py")
+    for src in compiled.PACKAGE_DIR.glob("*.py"):
+        shutil.copy(src, pkg / src.name)
     build = tmp_path / "build" / "mypyc"
     build.mkdir(parents=True)
     monkeypatch.setattr(compiled, "PACKAGE_DIR", pkg)
@@ -48,13 +48,21 @@ def test_a_matching_manifest_enables_the_build(fake_tree: Path) -> None:
     sys.path.remove(str(compiled.BUILD_DIR))
 
 
-@pytest.mark.parametrize("change", ["edited", "interpreter", "pure", "missing", "garbled"])
+@pytest.mark.parametrize("change", ["edited", "other-edited", "added", "interpreter", "pure",
+                                    "missing", "garbled"])
 def test_anything_else_keeps_the_sources(fake_tree: Path, monkeypatch: pytest.MonkeyPatch,
                                          change: str) -> None:
     if change == "edited":  # one byte of one source changed since the build
         src = fake_tree / "session.py"
         src.write_bytes(src.read_bytes() + b"\n")
         expected = "stale: session.py changed"
+    elif change == "other-edited":  # not compiled, but compiled against
+        src = fake_tree / "codec.py"
+        src.write_bytes(src.read_bytes() + b"\n")
+        expected = "stale: codec.py changed"
+    elif change == "added":
+        (fake_tree / "new.py").write_text("")
+        expected = "stale: new.py changed"
     elif change == "interpreter":
         manifest = json.loads(compiled.MANIFEST.read_text())
         manifest["cache_tag"] = "cpython-312"
