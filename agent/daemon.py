@@ -380,6 +380,8 @@ class Agent:
                 self.exporter.offer(flow)
         if self.flow_metrics is not None:
             self.flow_metrics.observe_many(flows)
+        if self.gc_policy is not None:  # the ring keeps them: out of the young generation
+            self.gc_policy.freeze_young(time.monotonic())
 
     # --- proxy callbacks --------------------------------------------------------------------------
 

@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 
 THRESHOLDS = (700, 10, 10)  # CPython's defaults: small young passes (see the docstring)
 FREEZE_INTERVAL_S = 1.0  # survivors leave the young generations this often
+# ... and, while flows are published, this often (`GcPolicy.freeze_young`). Why: CPython's
+# young count is allocations minus deallocations of *any* tracked object, so while the ring
+# frees one old (frozen) flow for every new one, the count barely moves and the young
+# generation fills with a second's worth of new flows before a pass walks them all. In one
+# process at 64 connections (100k requests, the agent's callbacks, the collector on):
+# freezing every 1 s gave young passes of up to 8.7-19.6 ms (p99 5.9-6.0 ms), every 0.1 s up
+# to 2.6 ms, every 0.02 s up to 0.45 ms; collector time 0.66-0.77 -> 0.15 µs per request.
+# gc.freeze() only splices lists: O(1).
+YOUNG_FREEZE_INTERVAL_S = 0.02
 # A full pass walks the whole heap: 50-60 ms with 1,000 policies x 1,000 endpoints compiled
 # (~340k tracked objects). So it runs only when the frozen objects grew (frozen garbage
 # cycles pile up there; flows that come and go do not grow it), at most every
@@ -54,6 +63,15 @@ class GcPolicy:
         self.baseline: int | None = None  # frozen objects after the first / last full tick
         self.full_passes = 0
         self.last_full_pause_s = 0.0
+        self.next_young_freeze = 0.0
+
+    def freeze_young(self, now_s: float) -> None:
+        """Called by the agent's flow publisher (once per event-loop iteration that published
+        flows): freeze the survivors when YOUNG_FREEZE_INTERVAL_S has passed since the last
+        time. No timer: an idle agent is not woken for it."""
+        if now_s >= self.next_young_freeze:
+            self.next_young_freeze = now_s + YOUNG_FREEZE_INTERVAL_S
+            gc.freeze()
 
     def full_pass_due(self, now_s: float) -> bool:
         since = now_s - self.last_full

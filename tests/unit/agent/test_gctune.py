@@ -77,3 +77,18 @@ def test_full_pass_only_when_frozen_objects_grew_or_at_the_max_interval() -> Non
     del kept
     policy.tick(122.1)  # the max interval passed: a full pass whatever the growth
     assert policy.full_passes == 2
+
+
+def test_freeze_young_freezes_at_most_once_per_interval() -> None:
+    policy = gctune.GcPolicy(now_s=0.0)
+    step = gctune.YOUNG_FREEZE_INTERVAL_S
+    policy.freeze_young(10.0)  # the first call freezes
+    first = [_Node() for _ in range(100)]
+    frozen = gc.get_freeze_count()
+    policy.freeze_young(10.0 + step / 2)  # too soon: nothing moves
+    assert gc.get_freeze_count() == frozen
+    policy.freeze_young(10.0 + step)  # due: the survivors leave the young generation
+    assert gc.get_freeze_count() >= frozen + 100
+    probe = weakref.ref(first[0])
+    del first  # still freed by refcount
+    assert probe() is None
