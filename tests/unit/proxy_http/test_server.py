@@ -73,6 +73,14 @@ async def read_response(r: asyncio.StreamReader) -> tuple[int, dict[str, str], b
     return status, fields, body
 
 
+async def until(cond: Callable[[], object]) -> None:
+    """Wait, bounded (2 s), until `cond()` holds; the caller asserts it afterwards."""
+    for _ in range(200):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+
+
 async def connect(proxy: HttpProxyServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", proxy.port)
 
@@ -94,10 +102,7 @@ def test_allowed_denied_and_pool_reuse(codec: str) -> None:
         [client] = proxy.clients
         assert client.up is not None and client.up.parked and not proxy._pool
         w.close()
-        for _ in range(200):  # wait (bounded) until the proxy saw the client go
-            if proxy._pool:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: proxy._pool)  # the proxy saw the client go
         r2, w2 = await connect(proxy)  # a second client from the same source IP
         w2.write(GET % b"/api/c")
         assert (await read_response(r2))[2] == b"GET /api/c 0"
@@ -119,10 +124,7 @@ def test_origin_closed_pooled_connection_is_not_reused() -> None:
         w.write(GET % b"/api/close-after")
         assert (await read_response(r))[0] == 200
         [client] = proxy.clients
-        for _ in range(200):  # wait (bounded) until the proxy saw the origin's FIN
-            if client.up is None:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: client.up is None)  # the proxy saw the origin's FIN
         assert client.up is None and not proxy._pool  # dropped, neither parked nor pooled
         w.write(GET % b"/api/again")
         assert (await read_response(r))[2] == b"GET /api/again 0"
@@ -140,10 +142,7 @@ def test_parked_connection_idles_out_like_a_pooled_one() -> None:
         [client] = proxy.clients
         up = client.up
         assert up is not None and up.parked
-        for _ in range(200):  # bounded: the sweeper runs every 0.05 s
-            if client.up is None:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: client.up is None)  # the sweeper runs every 0.05 s
         assert client.up is None and not up.alive and not proxy.clients.isdisjoint({client})
         w.write(GET % b"/api/b")  # the client stays; its next request opens a new one
         assert (await read_response(r))[2] == b"GET /api/b 0"
@@ -159,10 +158,7 @@ def test_bytes_on_a_parked_connection_close_it() -> None:
         w.write(GET % b"/api/then-junk")  # answered, then junk nobody asked for
         assert (await read_response(r))[0] == 200
         [client] = proxy.clients
-        for _ in range(200):  # bounded
-            if client.up is None:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: client.up is None)
         assert client.up is None and not proxy._pool and proxy.stats.upstream_errors == 1
         w.write(GET % b"/api/b")
         # the junk never reached the client: this read would start with it
