@@ -446,6 +446,8 @@ class _Client(asyncio.Protocol):
                     self.resume_client("upstream-buffer")
                 return
             reusable = up.parked and not up.got_data
+        else:  # closed under us: never pooled
+            reusable = False
         self.up = None
         up.owner = None
         up.parked = False

@@ -14,7 +14,7 @@ import pytest
 
 from observe.flow import Flow
 from proxy.http.limits import HttpLimits
-from proxy.http.server import HttpProxyServer, loop_factory
+from proxy.http.server import HttpProxyServer, _Client, _Upstream, loop_factory
 
 from .harness import CODECS, api_get_only
 from .origin import Origin
@@ -167,6 +167,17 @@ def test_bytes_on_a_parked_connection_close_it() -> None:
         w.close()
 
     run_scenario(scenario)
+
+
+def test_a_dead_upstream_is_never_pooled_or_parked() -> None:
+    """Released as reusable after it died (its transport gone or closed under us): neither
+    kept on the client nor put in the pool."""
+    proxy = HttpProxyServer(("127.0.0.1", 0), api_get_only, lambda _flow: None)
+    client = _Client(proxy)
+    up = _Upstream(proxy, ("10.0.1.5", "10.0.2.7", 80, 0))  # never connected: no transport
+    client.up, up.owner = up, client
+    client._release_upstream(True)
+    assert client.up is None and up.owner is None and not up.parked and not proxy._pool
 
 
 def test_request_on_a_stale_pooled_connection_is_retried_once() -> None:
