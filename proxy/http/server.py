@@ -595,8 +595,7 @@ class HttpProxyServer:
         elif len(conns) >= self.limits.pool_max_idle_per_key:
             up.close()
             return
-        up.idle_since = self.now
-        conns.append(up)
+        conns.append(up)  # idle since it was parked (`idle_since`): the clock runs on
 
     def pool_discard(self, up: _Upstream) -> None:
         conns = self._pool.get(up.key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -178,6 +179,23 @@ def test_a_dead_upstream_is_never_pooled_or_parked() -> None:
     client.up, up.owner = up, client
     client._release_upstream(True)
     assert client.up is None and up.owner is None and not up.parked and not proxy._pool
+
+
+def test_a_parked_connection_keeps_its_idle_clock_in_the_pool() -> None:
+    """The client goes away between requests: its parked connection is pooled and idles out
+    counted from when it was parked, not from when it entered the pool."""
+    proxy = HttpProxyServer(("127.0.0.1", 0), api_get_only, lambda _flow: None)
+    client = _Client(proxy)
+    up = _Upstream(proxy, ("10.0.1.5", "10.0.2.7", 80, 0))
+    up.transport = SimpleNamespace(resume_reading=lambda: None)  # type: ignore[assignment]
+    up.alive = True
+    client.up, up.owner = up, client
+    proxy.now = 5.0
+    client._release_upstream(True)  # parked at 5.0
+    assert client.up is up and up.parked and up.idle_since == 5.0
+    proxy.now = 50.0
+    client._release_upstream(False)  # the client closes between requests
+    assert proxy._pool[up.key] == [up] and up.idle_since == 5.0 and not up.parked
 
 
 def test_request_on_a_stale_pooled_connection_is_retried_once() -> None:
