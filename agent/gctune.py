@@ -2,8 +2,9 @@
 
 Contract: `start_up()` once, after start-up work and before serving: collect, freeze what
 start-up built (policy snapshot, bcc, modules) out of the collector's view, set thresholds.
-`GcPolicy.tick(now_s)` from the event loop about once a second: `gc.freeze()` moves what
-survived the last second (mostly flows held by the flow ring) into the permanent generation;
+`GcPolicy.tick(now_s)` from the event loop about once a second, and `freeze_young(now_s)`
+from the flow publisher (at most every YOUNG_FREEZE_INTERVAL_S): `gc.freeze()` moves what
+survived since the last freeze (mostly flows held by the flow ring) into the permanent generation;
 refcounting still frees them when the ring evicts them, the collector just never walks them
 again. When the frozen objects have grown (at most every FULL_INTERVAL_S, at least every
 FULL_MAX_INTERVAL_S) it unfreezes and runs one full collection, so garbage cycles that were

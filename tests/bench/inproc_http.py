@@ -23,8 +23,8 @@ Run:
   python -m tests.bench.inproc_http ops MODE                       # bytecodes/request
 `instr` runs `run` under valgrind's callgrind at 1,280 and 6,400 requests (64 connections)
 and prints the difference per request, so start-up cancels out; the cyclic GC is disabled
-in both (the agent freezes survivors every second, gctune.py; here a run is too short to
-model that).
+in both (the agent freezes survivors every 20 ms while it publishes flows, and every
+second, gctune.py; here a run is too short to model that).
 """
 
 from __future__ import annotations
@@ -209,8 +209,10 @@ def count_bytecodes(mode: str, requests: int) -> int:
 def bytecodes(mode: str, low: int = 1280, high: int = 6400) -> int:
     """Proxy-side bytecodes per request: counts at two request counts, differenced (in
     fresh processes, so start-up cancels out). Why beside instructions: the eval loop's
-    instructions cost more time than a C routine's (perf in the sandbox: l7gate spends
-    ~20 % of its CPU in _PyEval_EvalFrameDefault, the floor ~11 %, at equal instructions)."""
+    instructions cost more time than a C routine's (perf in the sandbox, before the hot path
+    was compiled: l7gate spent ~20 % of its CPU in _PyEval_EvalFrameDefault, the floor ~11 %,
+    at equal instructions). Compiled code (proxy/compiled.py) runs no bytecode: with it,
+    this counts what is still interpreted."""
     totals = []
     for n in (low, high):
         out = subprocess.run([sys.executable, "-m", "tests.bench.inproc_http", "_ops", mode,
