@@ -7,13 +7,16 @@ What it measures (all traffic stays inside the sandbox's network namespaces):
    (Gbit/s); ratio with/without agent (issue target >= 0.9).
 2. HTTP L7 proxy: wrk -t1 at c=1/16/64 to /api/users: (a) direct, no agent; (c) haproxy as a
    plain forwarder (`nbthread 1`, `http-reuse always`) in node2's netns, same sandbox,
-   interleaved with (a), once before and once after the agent sandboxes (the machine's
-   speed drifts by up to 2x within minutes; every ratio is taken against the mean of the
-   two passes, which cancels a steady drift); (b) through node2's agent with the reference
-   policies, once per
-   `--http-codec` (L7GATE_BENCH_CODECS, default `auto,httptools,h11`; `auto` is httptools when
-   installed). Proxy CPU µs/request = Δ(utime+stime) of node2's agent (all its threads) or of
-   haproxy / requests. Issue targets: c=64 req/s >= 0.8 x haproxy, p99 <= 1.5 x haproxy;
+   interleaved with (a); (b) through node2's agent with the reference policies. The
+   machine's speed drifts by up to a third within one run, so whole sandboxes alternate
+   (alternation.py): a reference pass (a)+(c), an agent pass, a reference pass, ..., a
+   reference pass. Each agent pass is judged against the mean of the reference passes just
+   before and after it, and a setup's verdict is the median of its passes' ratios (every
+   pass is printed). The agent passes are the default codec L7GATE_BENCH_HTTP_ROUNDS times
+   (default 3) and each other `--http-codec` once, between them (L7GATE_BENCH_CODECS, default
+   `auto,httptools,h11`, the first being the default; `auto` is httptools when installed).
+   Proxy CPU µs/request = Δ(utime+stime) of node2's agent (all its threads) or of haproxy /
+   requests. Issue targets: c=64 req/s >= 0.8 x haproxy, p99 <= 1.5 x haproxy;
    c=1 p50 added over direct <= 0.1 ms. Every setup gets the same workload: wrk with
    varying_request.lua, so each request head carries its own x-request-id (traced traffic)
    and the proxy's per-connection memo of a repeated head never answers. Beside haproxy
@@ -24,7 +27,7 @@ What it measures (all traffic stays inside the sandbox's network namespaces):
    That row runs agent-less, beside haproxy; a second one, "python floor in the datapath",
    runs the same floor as node2's HTTP proxy inside a real agent (pyfloor.py `agent`: the
    product's transparent listener, bpf_sk_assign redirect, SO_MARK and pod-source upstream,
-   tc programs on every hop), after the last codec's runs in that codec's sandbox: what the
+   tc programs on every hop), after l7gate's runs in the last agent sandbox: what the
    least Python costs where the product runs.
 3. DNS proxy: dnsperf in frontend against kube-dns (dnsmasq), max rate (-c 1 -q 64) and
    fixed 5,000 q/s, without agents vs through node1's DNS proxy (reference policies,
@@ -47,8 +50,8 @@ What it measures (all traffic stays inside the sandbox's network namespaces):
    query, under the same loads and probe.
 
 Each sandbox configuration needs its own `Sandbox.up` (agents compile BPF at start: 15-60 s
-on a busy 2-core box), so runs are interleaved inside one sandbox (direct vs haproxy) and,
-for L3/L4, whole sandboxes alternate (ABBAAB). The whole file takes ~2.5-3.5 minutes.
+on a busy 2-core box), so runs are interleaved inside one sandbox (direct vs haproxy) and
+whole sandboxes alternate (L3/L4: ABBAAB; HTTP: references between agent passes).
 Results are printed as Markdown tables and merged into $L7GATE_BENCH_OUT (JSON) if set.
 Tests assert only that measurements happened (requests counted, no errors, the policy is
 in the path), never anything about timing (STYLE.md). Every sandbox and every process started
@@ -68,6 +71,7 @@ from statistics import median
 from typing import Any
 
 import pytest
+from alternation import DIRECT, HAPROXY, Targets, agent_plan, pass_ratios, summarize, verdict_line
 from hoststall import SLICE_S, SLICES, describe
 from sandbox_bench_helpers import (
     DnsRun,
@@ -79,6 +83,7 @@ from sandbox_bench_helpers import (
     iperf3,
     stop_popen,
     table,
+    to_jsonable,
     wait_listening,
     write_json,
     wrk,
@@ -100,6 +105,10 @@ CODECS = tuple(c for c in os.environ.get("L7GATE_BENCH_CODECS", "auto,httptools,
                if c)
 WAIT_S = 600.0  # one sandbox per machine: wait for other engineers' test runs to finish
 TEST_TIMEOUT_S = 900  # several agent starts (bcc compiles ~1 min each) plus the runs
+# HTTP: passes of the default codec (the first of CODECS), alternated with reference passes
+# (alternation.py); 3 gives a median that one drifting pass cannot move
+HTTP_ROUNDS = int(os.environ.get("L7GATE_BENCH_HTTP_ROUNDS", "3"))
+HTTP_TEST_TIMEOUT_S = 2400  # 5 agent and 6 agent-less sandboxes at the defaults: ~10 minutes
 CLIENT = "default/frontend"
 API = "default/my-api"
 DNS_POD = "kube-system/kube-dns"
@@ -108,9 +117,6 @@ HAPROXY_PORT = 18080  # on node2's underlay address; nothing else listens there
 FLOOR_PORT = 18090  # the bench-only Python floor forwarder (tests/bench/pyfloor.py), same place
 FLOOR_LABEL = "python floor (bench-only)"
 FLOOR_DP_LABEL = "python floor in the datapath (bench-only)"
-DIRECT = "direct (no agent)"
-HAPROXY = "haproxy"
-HTTP_AFTER_SUFFIX = ", after"  # the second pass of direct / haproxy, after the agent runs
 DNS_FLOOR_PORT = 5353  # tests/bench/dnsfloor.py on node1's underlay address (agent-less sandbox)
 DNS_FLOOR_LABEL = "python DNS floor (bench-only)"
 AGENT_SWAP_TIMEOUT_S = 180.0  # the floor agent compiles BPF like any agent (15-60 s, busy box)
@@ -126,6 +132,8 @@ TARGET_L4_RATIO = 0.9
 TARGET_HTTP_RPS_VS_HAPROXY = 0.8
 TARGET_HTTP_P99_VS_HAPROXY = 1.5
 TARGET_HTTP_P50_ADDED_MS = 0.1
+HTTP_TARGETS = Targets(TARGET_HTTP_RPS_VS_HAPROXY, TARGET_HTTP_P99_VS_HAPROXY,
+                       TARGET_HTTP_P50_ADDED_MS)
 TARGET_DNS_QPS = 20000
 TARGET_DNS_P50_ADDED_MS = 0.2
 TARGET_DNS_P99_ADDED_MS = 1.0
@@ -232,15 +240,6 @@ def _http_code(sb: Sandbox, pod: str, url: str) -> int:
     res = sb.exec(pod, ["curl", "-s", "-o", "/dev/null", "-m", "3", "-w", "%{http_code}", url],
                   timeout=20)
     return int(res.stdout or 0)
-
-
-def _mean_run(a: WrkRun, b: WrkRun) -> WrkRun:
-    """The mean of two runs of one setup (rates, percentiles and CPU per request)."""
-    cpu = {k: (a.cpu_us_per_req[k] + b.cpu_us_per_req[k]) / 2
-           for k in a.cpu_us_per_req.keys() & b.cpu_us_per_req.keys()}
-    return WrkRun(a.label + " (mean)", a.conns, a.requests + b.requests, (a.rps + b.rps) / 2,
-                  (a.p50_ms + b.p50_ms) / 2, (a.p99_ms + b.p99_ms) / 2, a.errors + b.errors,
-                  cpu)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -406,18 +405,22 @@ def _floor_agent(sb: Sandbox, node: str, tmp_path: Path) -> subprocess.Popen[byt
                          extra_env={"L7GATE_PURE": "1"})
 
 
-@pytest.mark.timeout(TEST_TIMEOUT_S)
+@pytest.mark.timeout(HTTP_TEST_TIMEOUT_S)
 def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
-    results: list[WrkRun] = []
     path = "/api/users"
+    plan = agent_plan(CODECS, HTTP_ROUNDS)
+    # (pass number, run): reference pass k is number 2k, the agent pass after it 2k + 1
+    results: list[tuple[int, WrkRun]] = []
+    refs: list[dict[tuple[str, int], WrkRun]] = []
 
-    def references(after: bool) -> None:
+    def references(with_floor: bool) -> None:
         """(a) direct and (c) haproxy in one agent-less sandbox, interleaved per connection
-        count; the floor beside them on the first pass only."""
+        count; the agent-less floor beside them in the first pass only."""
+        number = 2 * len(refs)
+        mine: dict[tuple[str, int], WrkRun] = {}
         sb = slot.up(agents=False)
         hap = _haproxy(sb, tmp_path)
-        floor = None if after else _pyfloor(sb, tmp_path)
-        suffix = HTTP_AFTER_SUFFIX if after else ""
+        floor = _pyfloor(sb, tmp_path) if with_floor else None
         try:
             wait_listening(sb, "node2", HAPROXY_PORT, hap)
             direct_url = f"http://{sb.pod_ip(API)}:{API_PORT}{path}"
@@ -429,23 +432,29 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
                 assert _http_code(sb, CLIENT, floor_url + path) == 200
                 assert _http_code(sb, CLIENT, floor_url + "/private") == 403
             for conns in CONCURRENCY:
-                results.append(wrk(sb, CLIENT, direct_url, conns, RUN_S, DIRECT + suffix,
-                                   script=VARYING_REQUEST))
-                results.append(wrk(sb, CLIENT, hap_url, conns, RUN_S, HAPROXY + suffix,
-                                   {"proxy": hap.pid}, script=VARYING_REQUEST))
+                for run in (
+                        wrk(sb, CLIENT, direct_url, conns, RUN_S, DIRECT,
+                            script=VARYING_REQUEST),
+                        wrk(sb, CLIENT, hap_url, conns, RUN_S, HAPROXY, {"proxy": hap.pid},
+                            script=VARYING_REQUEST)):
+                    mine[(run.label, conns)] = run
+                    results.append((number, run))
                 if floor is not None:
-                    results.append(wrk(sb, CLIENT, floor_url + path, conns, RUN_S, FLOOR_LABEL,
-                                       {"proxy": floor.pid}, script=VARYING_REQUEST))
+                    results.append((number, wrk(sb, CLIENT, floor_url + path, conns, RUN_S,
+                                                FLOOR_LABEL, {"proxy": floor.pid},
+                                                script=VARYING_REQUEST)))
         finally:
             if floor is not None:
                 stop_popen(floor)
             stop_popen(hap)
             slot.close()
+        refs.append(mine)
 
-    references(after=False)
-    # (b) l7gate's HTTP proxy on node2, one sandbox per codec
+    references(with_floor=True)
     policies = _reference_policies(tmp_path)
-    for codec in CODECS:
+    for i, codec in enumerate(plan):
+        # (b) l7gate's HTTP proxy on node2 in a sandbox of its own, between two references
+        number = 2 * i + 1
         sb = slot.up(policy_dir=policies, agent_args=["--http-codec", codec])
         url = f"http://{sb.pod_ip(API)}:{API_PORT}"
         # the L7 rule is enforced, so these requests really cross the proxy
@@ -453,61 +462,64 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
         assert _http_code(sb, CLIENT, url + "/private") == 403
         pids = {"proxy": _agent_pid(sb, "node2"), "node1 agent": _agent_pid(sb, "node1")}
         for conns in CONCURRENCY:
-            results.append(wrk(sb, CLIENT, url + path, conns, RUN_S, f"l7gate ({codec})", pids,
-                               script=VARYING_REQUEST))
-        if codec == CODECS[-1]:
+            results.append((number, wrk(sb, CLIENT, url + path, conns, RUN_S,
+                                        f"l7gate ({codec})", pids, script=VARYING_REQUEST)))
+        if i == len(plan) - 1:
             # the floor where the product runs: same sandbox, node2's agent swapped
             floor_agent = _floor_agent(sb, "node2", tmp_path)
             try:
                 assert _http_code(sb, CLIENT, url + path) == 200
                 assert _http_code(sb, CLIENT, url + "/private") == 403
                 for conns in CONCURRENCY:
-                    results.append(wrk(sb, CLIENT, url + path, conns, RUN_S, FLOOR_DP_LABEL,
-                                       {"proxy": floor_agent.pid}, script=VARYING_REQUEST))
+                    results.append((number, wrk(sb, CLIENT, url + path, conns, RUN_S,
+                                                FLOOR_DP_LABEL, {"proxy": floor_agent.pid},
+                                                script=VARYING_REQUEST)))
             finally:
                 stop_popen(floor_agent)
         slot.close()
-    # direct and haproxy again: the machine's speed drifts by up to 2x within minutes, and
-    # the mean of the runs before and after the agent sandboxes cancels a steady drift
-    references(after=True)
+        references(with_floor=False)
 
-    by = {(r.label, r.conns): r for r in results}
-    ref = {(name, conns): _mean_run(by[(name, conns)], by[(name + HTTP_AFTER_SUFFIX, conns)])
-           for name in (DIRECT, HAPROXY) for conns in CONCURRENCY}
-    rows = []
-    for r in results:
-        d, h = ref[(DIRECT, r.conns)], ref[(HAPROXY, r.conns)]
-        rows.append([r.label, r.conns, f"{r.rps:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
-                     cpu_cell(r.cpu_us_per_req, "proxy"),
-                     f"{_ratio(r.rps, d.rps):.2f}", f"{r.p50_ms - d.p50_ms:+.3f}",
-                     f"{_ratio(r.rps, h.rps):.2f}", f"{_ratio(r.p99_ms, h.p99_ms):.2f}"])
-    rows.sort(key=lambda row: (row[1], [x.label for x in results].index(row[0])))
+    def around(number: int) -> tuple[dict[tuple[str, int], WrkRun], ...]:
+        """The reference passes around pass `number` (its own, twice, for a reference)."""
+        return (refs[number // 2], refs[number // 2]) if number % 2 == 0 else \
+            (refs[number // 2], refs[number // 2 + 1])
+
+    ratios = [(number, run, pass_ratios(run, *around(number))) for number, run in results]
+    rows = [[number, run.label, run.conns, f"{run.rps:,.0f}", f"{run.p50_ms:.3f}",
+             f"{run.p99_ms:.3f}", cpu_cell(run.cpu_us_per_req, "proxy"),
+             f"{r.rps_vs_direct:.2f}", f"{r.p50_added_ms:+.3f}", f"{r.rps_vs_haproxy:.2f}",
+             f"{r.p99_vs_haproxy:.2f}"] for number, run, r in ratios]
+    rows.sort(key=lambda row: (row[2], row[0]))  # by connections, then in run order
     print()
     print(table(f"HTTP: frontend -> my-api {path} (wrk -t1 -d{RUN_S}s, a distinct x-request-id "
-                "per request; proxy CPU = node2 agent, haproxy or the floor; ratios against "
-                "the mean of the direct / haproxy runs before and after the agent sandboxes)",
-                ["setup", "conns", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/req (user+sys)",
-                 "req/s vs direct", "p50 added ms", "req/s vs haproxy", "p99 vs haproxy"],
-                rows))
+                "per request; proxy CPU = node2 agent, haproxy or the floor; passes alternate "
+                "agent-less references (even) and agent sandboxes (odd); an agent pass's ratios "
+                "are against the mean of the reference passes just before and after it, a "
+                "reference pass's against itself)",
+                ["pass", "setup", "conns", "req/s", "p50 ms", "p99 ms",
+                 "proxy CPU µs/req (user+sys)", "req/s vs direct", "p50 added ms",
+                 "req/s vs haproxy", "p99 vs haproxy"], rows))
+    high = max(CONCURRENCY)
     for conns in CONCURRENCY:
-        d, h = ref[(DIRECT, conns)], ref[(HAPROXY, conns)]
-        print(f"c={conns} references (mean of before/after): direct {d.rps:,.0f} req/s "
-              f"p50 {d.p50_ms:.3f} ms; haproxy {h.rps:,.0f} req/s p99 {h.p99_ms:.3f} ms")
-    for label in [FLOOR_LABEL, FLOOR_DP_LABEL, *(f"l7gate ({codec})" for codec in CODECS)]:
-        r64, h64 = by[(label, 64)], ref[(HAPROXY, 64)]
-        r1, d1 = by[(label, 1)], ref[(DIRECT, 1)]
-        rps_r, p99_r, added = (_ratio(r64.rps, h64.rps), _ratio(r64.p99_ms, h64.p99_ms),
-                               r1.p50_ms - d1.p50_ms)
-        print(f"{label}: c=64 req/s {rps_r:.2f} x haproxy (target >= "
-              f"{TARGET_HTTP_RPS_VS_HAPROXY}: {_verdict(rps_r >= TARGET_HTTP_RPS_VS_HAPROXY)}), "
-              f"p99 {p99_r:.2f} x haproxy (target <= {TARGET_HTTP_P99_VS_HAPROXY}: "
-              f"{_verdict(p99_r <= TARGET_HTTP_P99_VS_HAPROXY)}); c=1 p50 added "
-              f"{added:+.3f} ms (target <= {TARGET_HTTP_P50_ADDED_MS}: "
-              f"{_verdict(added <= TARGET_HTTP_P50_ADDED_MS)})")
-    write_json("sandbox_http_proxy", {"runs": results, "references": list(ref.values()),
-                                      "path": path, "seconds": RUN_S})
-    for r in results:
-        assert r.requests > 0 and r.errors == 0, r
+        print(f"c={conns} references by pass: direct " + ", ".join(
+            f"{r[(DIRECT, conns)].rps:,.0f}" for r in refs) + " req/s; haproxy " + ", ".join(
+            f"{r[(HAPROXY, conns)].rps:,.0f}" for r in refs) + " req/s")
+    summaries = []
+    for label in [FLOOR_LABEL, FLOOR_DP_LABEL, *(f"l7gate ({c})" for c in CODECS)]:
+        mine = [(run, r) for _, run, r in ratios if run.label == label]
+        summaries.append(summarize(label, [r for run, r in mine if run.conns == high],
+                                   [r for run, r in mine if run.conns == 1], HTTP_TARGETS))
+        print(verdict_line(summaries[-1], HTTP_TARGETS, high))
+    write_json("sandbox_http_proxy", {
+        "runs": [{"pass": number, **to_jsonable(run), "ratios": to_jsonable(r)}
+                 for number, run, r in ratios],
+        "plan": plan, "summaries": [{**to_jsonable(s), "median_rps_vs_haproxy": s.median_rps,
+                                     "median_p99_vs_haproxy": s.median_p99,
+                                     "median_p50_added_ms": s.median_p50_added}
+                                    for s in summaries], "path": path,
+        "seconds": RUN_S})
+    for _, run in results:
+        assert run.requests > 0 and run.errors == 0, run
 
 
 # -- 3. DNS proxy --------------------------------------------------------------------------
