@@ -144,9 +144,10 @@ def verdict_line(s: Summary, targets: Targets, high: int) -> str:
     rps_ok = s.median_rps >= targets.rps_vs_haproxy
     p99_ok = s.median_p99 <= targets.p99_vs_haproxy
     lat_ok = s.median_p50_added <= targets.p50_added_ms
-    return (f"{s.label}: c={high} median over {s.passes} pass(es): req/s {s.median_rps:.2f} x "
+    # medians with three decimals: 0.796 printed as 0.80 would read as met
+    return (f"{s.label}: c={high} median over {s.passes} pass(es): req/s {s.median_rps:.3f} x "
             f"haproxy (target >= {targets.rps_vs_haproxy}: {met(rps_ok)}; passes "
-            f"{each(s.rps_vs_haproxy, '.2f')}), p99 {s.median_p99:.2f} x haproxy (target <= "
+            f"{each(s.rps_vs_haproxy, '.2f')}), p99 {s.median_p99:.3f} x haproxy (target <= "
             f"{targets.p99_vs_haproxy}: {met(p99_ok)}; passes {each(s.p99_vs_haproxy, '.2f')}"
             f"); both met in {s.throughput_met} of {s.passes}; c=1 p50 added "
             f"{s.median_p50_added:+.3f} ms (target <= {targets.p50_added_ms}: {met(lat_ok)}; "

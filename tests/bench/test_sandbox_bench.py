@@ -106,8 +106,8 @@ CODECS = tuple(c for c in os.environ.get("L7GATE_BENCH_CODECS", "auto,httptools,
 WAIT_S = 600.0  # one sandbox per machine: wait for other engineers' test runs to finish
 TEST_TIMEOUT_S = 900  # several agent starts (bcc compiles ~1 min each) plus the runs
 # HTTP: passes of the default codec (the first of CODECS), alternated with reference passes
-# (alternation.py). Single passes scatter widely here (l7gate 0.66-0.97x haproxy, p99
-# 0.47-3.02x, over 11 passes in three runs); the median of 5 is one that two bad passes
+# (alternation.py). Single passes scatter widely here (l7gate 0.65-0.97x haproxy, p99
+# 0.47-3.02x, over 21 passes in five runs); the median of 5 is one that two bad passes
 # cannot move
 HTTP_ROUNDS = int(os.environ.get("L7GATE_BENCH_HTTP_ROUNDS", "5"))
 HTTP_TEST_TIMEOUT_S = 2400  # 7 agent and 8 agent-less sandboxes at the defaults: ~7 minutes

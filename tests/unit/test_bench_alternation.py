@@ -99,8 +99,8 @@ def test_summary_takes_medians_of_passes_and_counts_the_passes_that_met() -> Non
     assert s.throughput_met == 1  # only the second meets both req/s and p99
     assert s.latency_met == 2
     line = verdict_line(s, TARGETS, 64)
-    assert "req/s 0.85 x haproxy (target >= 0.8: met; passes 0.70, 0.85, 0.90)" in line
-    assert "p99 1.40 x haproxy (target <= 1.5: met" in line
+    assert "req/s 0.850 x haproxy (target >= 0.8: met; passes 0.70, 0.85, 0.90)" in line
+    assert "p99 1.400 x haproxy (target <= 1.5: met" in line
     assert "both met in 1 of 3" in line and "+0.050 ms (target <= 0.1: met" in line
 
 
@@ -108,9 +108,14 @@ def test_a_median_below_target_is_missed_even_if_one_pass_met() -> None:
     s = summarize("x", [ratios(0.9, 1.0), ratios(0.7, 1.0), ratios(0.6, 1.0)],
                   [ratios(1, 1, 0.2)] * 3, TARGETS)
     line = verdict_line(s, TARGETS, 64)
-    assert "req/s 0.70 x haproxy (target >= 0.8: MISSED" in line
+    assert "req/s 0.700 x haproxy (target >= 0.8: MISSED" in line
     assert "+0.200 ms (target <= 0.1: MISSED" in line
     assert s.throughput_met == 1
+
+
+def test_a_median_just_under_target_does_not_print_as_the_target() -> None:
+    s = summarize("x", [ratios(0.796, 1.0)], [ratios(1, 1, 0.0)], TARGETS)
+    assert "req/s 0.796 x haproxy (target >= 0.8: MISSED" in verdict_line(s, TARGETS, 64)
 
 
 def test_summary_refuses_unpaired_passes() -> None:
