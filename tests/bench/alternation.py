@@ -15,6 +15,8 @@ Contract:
         (the first) `rounds` times, the others once each, between default passes
     pass_ratios(run, refs_before, refs_after) -> Ratios   one run against its neighbours
     summarize(label, at_high, at_one, targets) -> Summary  the median verdict of one setup
+    ratio(a, b), verdict_word(ok)   a / b (nan when b is 0), "met" / "MISSED": every
+        verdict the sandbox benches print uses these
 `refs_*` map (setup, conns) -> a run; setups are DIRECT and HAPROXY.
 """
 
@@ -101,8 +103,12 @@ def agent_plan(codecs: Sequence[str], rounds: int) -> list[str]:
     return plan + others
 
 
-def _ratio(a: float, b: float) -> float:
+def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def verdict_word(ok: bool) -> str:
+    return "met" if ok else "MISSED"
 
 
 def pass_ratios(run: Measured, before: Refs, after: Refs) -> Ratios:
@@ -113,8 +119,8 @@ def pass_ratios(run: Measured, before: Refs, after: Refs) -> Ratios:
     d_p50 = (before[key_d].p50_ms + after[key_d].p50_ms) / 2
     h_rps = (before[key_h].rps + after[key_h].rps) / 2
     h_p99 = (before[key_h].p99_ms + after[key_h].p99_ms) / 2
-    return Ratios(_ratio(run.rps, d_rps), run.p50_ms - d_p50, _ratio(run.rps, h_rps),
-                  _ratio(run.p99_ms, h_p99))
+    return Ratios(ratio(run.rps, d_rps), run.p50_ms - d_p50, ratio(run.rps, h_rps),
+                  ratio(run.p99_ms, h_p99))
 
 
 def summarize(label: str, at_high: Sequence[Ratios], at_one: Sequence[Ratios],
@@ -135,8 +141,7 @@ def summarize(label: str, at_high: Sequence[Ratios], at_one: Sequence[Ratios],
 
 def verdict_line(s: Summary, targets: Targets, high: int) -> str:
     """One line per setup: medians against the targets, every pass's figure beside them."""
-    def met(ok: bool) -> str:
-        return "met" if ok else "MISSED"
+    met = verdict_word
 
     def each(xs: list[float], fmt: str) -> str:
         return ", ".join(format(x, fmt) for x in xs)
@@ -151,4 +156,4 @@ def verdict_line(s: Summary, targets: Targets, high: int) -> str:
             f"{targets.p99_vs_haproxy}: {met(p99_ok)}; passes {each(s.p99_vs_haproxy, '.2f')}"
             f"); both met in {s.throughput_met} of {s.passes}; c=1 p50 added "
             f"{s.median_p50_added:+.3f} ms (target <= {targets.p50_added_ms}: {met(lat_ok)}; "
-            f"passes {each(s.p50_added_ms, '+.3f')})")
+            f"passes {each(s.p50_added_ms, '+.3f')}); met in {s.latency_met} of {s.passes}")

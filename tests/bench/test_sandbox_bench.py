@@ -71,7 +71,17 @@ from statistics import median
 from typing import Any
 
 import pytest
-from alternation import DIRECT, HAPROXY, Targets, agent_plan, pass_ratios, summarize, verdict_line
+from alternation import (
+    DIRECT,
+    HAPROXY,
+    Targets,
+    agent_plan,
+    pass_ratios,
+    ratio,
+    summarize,
+    verdict_line,
+    verdict_word,
+)
 from hoststall import SLICE_S, SLICES, describe
 from sandbox_bench_helpers import (
     DnsRun,
@@ -244,14 +254,6 @@ def _http_code(sb: Sandbox, pod: str, url: str) -> int:
     return int(res.stdout or 0)
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
-
-
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -269,7 +271,7 @@ def _added(a: float | None, b: float | None) -> str:
 def _added_verdict(added: float | None, target: float, what: str) -> str:
     if added is None:
         return f"{what} n/a (a side had no slice clear of host stalls)"
-    return f"{what} {added:+.3f} ms (target <= {target}: {_verdict(added <= target)})"
+    return f"{what} {added:+.3f} ms (target <= {target}: {verdict_word(added <= target)})"
 
 
 # -- 1. L3/L4 datapath ---------------------------------------------------------------------
@@ -313,9 +315,9 @@ def test_l34_datapath_vs_no_agent(slot: Slot, tmp_path: Path) -> None:
     rows += [[f"{lbl}: median", f"{m['rps']:,.0f}", f"{m['p50']:.3f}", f"{m['p99']:.3f}",
               f"{m['gbit']:.2f}", "", ""] for lbl, m in med.items()]
     m0, m1 = med["no agent"], med["agents, L3/L4 policy"]
-    rps_ratio, tput_ratio = _ratio(m1["rps"], m0["rps"]), _ratio(m1["gbit"], m0["gbit"])
+    rps_ratio, tput_ratio = ratio(m1["rps"], m0["rps"]), ratio(m1["gbit"], m0["gbit"])
     rows.append(["ratio agents/no agent (medians)", f"{rps_ratio:.3f}",
-                 f"{_ratio(m1['p50'], m0['p50']):.2f}", f"{_ratio(m1['p99'], m0['p99']):.2f}",
+                 f"{ratio(m1['p50'], m0['p50']):.2f}", f"{ratio(m1['p99'], m0['p99']):.2f}",
                  f"{tput_ratio:.3f}", "", ""])
     print()
     print(table(f"L3/L4 datapath: frontend -> my-api:{API_PORT} (wrk -t1 -c{L4_CONNS} "
@@ -323,8 +325,8 @@ def test_l34_datapath_vs_no_agent(slot: Slot, tmp_path: Path) -> None:
                 ["setup", "req/s", "p50 ms", "p99 ms", "iperf3 Gbit/s", "retransmits",
                  "agent CPU µs/req node1 / node2 (user+sys)"], rows))
     print(f"target >= {TARGET_L4_RATIO}: req/s ratio {rps_ratio:.3f} "
-          f"({_verdict(rps_ratio >= TARGET_L4_RATIO)}), throughput ratio {tput_ratio:.3f} "
-          f"({_verdict(tput_ratio >= TARGET_L4_RATIO)})")
+          f"({verdict_word(rps_ratio >= TARGET_L4_RATIO)}), throughput ratio {tput_ratio:.3f} "
+          f"({verdict_word(tput_ratio >= TARGET_L4_RATIO)})")
     write_json("sandbox_l34_datapath", {
         "wrk": [w for _, w, _ in runs], "iperf3": [i for _, _, i in runs], "medians": med,
         "ratio_rps": rps_ratio, "ratio_gbit_s": tput_ratio})
@@ -565,7 +567,7 @@ def test_dns_proxy_vs_no_agent(slot: Slot, tmp_path: Path) -> None:
              f"{r.clean_slices}/{r.slices}" if r.slices else "-", _ms(r.p50_clean_ms),
              _ms(r.p99_clean_ms), f"{r.completed:,}", r.lost,
              cpu_cell(r.cpu_us_per_q, "proxy"), cpu_cell(r.cpu_us_per_q, "dnsmasq"),
-             f"{_ratio(r.qps, base[r.load].qps):.2f}",
+             f"{ratio(r.qps, base[r.load].qps):.2f}",
              _added(r.p50_clean_ms, base[r.load].p50_clean_ms),
              _added(r.p50_ms, base[r.load].p50_ms),
              _added(r.p99_clean_ms, base[r.load].p99_clean_ms),
@@ -598,7 +600,7 @@ def test_dns_proxy_vs_no_agent(slot: Slot, tmp_path: Path) -> None:
                  "p99_clean": _diff(fx.p99_clean_ms, fx0.p99_clean_ms)}
         summaries[who] = added
         print(f"{who}: max {mx.qps:,.0f} q/s (target >= {TARGET_DNS_QPS:,}: "
-              f"{_verdict(mx.qps >= TARGET_DNS_QPS)}); at {DNS_FIXED_QPS:,}/s p50 added: "
+              f"{verdict_word(mx.qps >= TARGET_DNS_QPS)}); at {DNS_FIXED_QPS:,}/s p50 added: "
               f"{_added_verdict(added['p50_clean'], TARGET_DNS_P50_ADDED_MS, 'clean slices')}, "
               f"{_added_verdict(added['p50_raw'], TARGET_DNS_P50_ADDED_MS, 'all slices (raw)')}"
               f"; p99 added: "

@@ -102,6 +102,7 @@ def test_summary_takes_medians_of_passes_and_counts_the_passes_that_met() -> Non
     assert "req/s 0.850 x haproxy (target >= 0.8: met; passes 0.70, 0.85, 0.90)" in line
     assert "p99 1.400 x haproxy (target <= 1.5: met" in line
     assert "both met in 1 of 3" in line and "+0.050 ms (target <= 0.1: met" in line
+    assert line.endswith("; met in 2 of 3")  # the one-connection passes that met
 
 
 def test_a_median_below_target_is_missed_even_if_one_pass_met() -> None:
