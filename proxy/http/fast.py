@@ -141,42 +141,78 @@ _FIELD_LINE = re.compile(  # on the line decoded: its groups come out as str
 _VERSION_B = {b"0": "1.0", b"1": "1.1"}
 # What one connection's memo may hold: field lines of at most LINE_MEMO_BYTES bytes in all,
 # and the last request line and Host line if each is at most LINE_MEMO_LINE bytes (with the
-# decoded values ~3x that: 10,000 connections, the cap, keep at most ~150 MB). When a new
+# decoded values and serialised lines ~4x that: 10,000 connections, the cap, keep at most
+# ~200 MB). When a new
 # field line does not fit, the field lines start again: a line seen once (a request id)
 # leaves soon, the lines every request repeats come back at once.
 LINE_MEMO_BYTES = 4096
 LINE_MEMO_LINE = 1024
 
 
+# Names of field lines that passed _FIELD_LINE (raw bytes before the first colon -> the
+# lower-cased name and b"name: "), per connection, up to NAME_MEMO_BYTES bytes of names.
+NAME_MEMO_BYTES = 1024
+
+
 class LineMemo:
     """One connection's lines already checked by plain_request's grammar: the last request
-    line and Host line with what was read from them, and field lines (line bytes -> (name,
-    value))."""
+    line and Host line with what was read from them, field lines (line bytes -> ((name,
+    value), the line as serialise() writes it)), and the names of field lines checked
+    (raw name -> lower-cased name and how serialise() starts its line)."""
 
-    __slots__ = ("fields", "first", "first_line", "host", "host_line", "size")
+    __slots__ = ("fields", "first", "first_line", "first_wire", "host", "host_line", "names",
+                 "names_size", "size")
 
     def __init__(self) -> None:
         self.first_line: bytes | None = None
         self.host_line: bytes | None = None
         self.first: tuple[str, str, str] = ("", "", "")
+        self.first_wire = b""
         self.host = ""
-        self.fields: dict[bytes, tuple[str, str]] = {}
+        self.fields: dict[bytes, tuple[tuple[str, str], bytes]] = {}
         self.size = 0  # bytes of the field lines held
+        self.names: dict[bytes, tuple[str, bytes]] = {}  # raw -> (name, b"name: ")
+        self.names_size = 0  # bytes of the names held
+
+
+# (method, target, version, fields, request line as serialise() writes it, the field lines
+# after Host as serialise() writes them)
+PlainRequestWire = tuple[str, str, str, list[tuple[str, str]], bytes, bytes]
 
 
 def plain_request_lines(head: bytes, max_headers: int, memo: LineMemo) -> PlainRequest | None:
-    """`plain_request(head, max_headers)`, equal on every head whatever `memo` holds: a line
-    found in `memo` (one connection's, initially empty) passed the same grammar, in the same
-    place (request line, Host line, other field line), when it was put there, so only new
-    lines are matched.
+    """`plain_request(head, max_headers)`, equal on every head whatever `memo` holds (see
+    plain_request_wire, which does the work)."""
+    plain = plain_request_wire(head, max_headers, memo)
+    return None if plain is None else (plain[0], plain[1], plain[2], plain[3])
+
+
+def plain_request_wire(head: bytes, max_headers: int,
+                       memo: LineMemo) -> PlainRequestWire | None:
+    """`plain_request(head, max_headers)` and the upstream head in two pieces, or None.
+
+    Equal to plain_request on every head whatever `memo` holds: a line found in `memo` (one
+    connection's, initially empty) passed the same grammar, in the same place (request line,
+    Host line, other field line), when it was put there, so only new lines are matched. A new
+    field line whose name was checked before (same bytes up to its first colon) has only its
+    value checked, in C: the grammar's name part (token, not one of the names the fast path
+    leaves to the full path, no underscore) depends on those bytes alone, and its value
+    part is one character class. The pieces: for the answer (method, target, version,
+    fields), `serialise(method, target, fields)` equals
+    `first_wire + b"host: " + host + b"\r\n" + rest_wire + b"\r\n"` with fields[0] ==
+    ("host", host) (the session lower-cases Host and writes that line itself), built from
+    per-line pieces remembered with the lines.
     Why: requests on one connection repeat most of their lines (Host, User-Agent, Accept,
     cookies; the target often) while one or two change (an id), so the session's whole-head
     memo misses; Python's regex engine costs tens of instructions per byte. Per request with
     a distinct id (callgrind; tests/unit/proxy_http/test_plain_lines.py holds it to
     plain_request): the bench's three-line head 18.6k -> 14.2k instructions, a browser's
     14-line head of 571 bytes 82.6k -> 29.5k; the HTTP proxy end to end in one process
-    (tests/bench/inproc_http.py) 100.8k -> 95.9k. A new field line is matched decoded (its
-    groups come out as str)."""
+    (tests/bench/inproc_http.py) 100.8k -> 95.9k with the line memo. The name memo and the
+    remembered pieces (no regex for a request id's new value, no `serialise` call): the same
+    loop, once the flow ring is full (requests 9,600-16,000), 59.5k -> 53.75k per request,
+    where a head repeated byte for byte (the session's whole-head memo) costs 39.1k. A new
+    field line is matched decoded (its groups come out as str)."""
     if head[-4:] != b"\r\n\r\n":
         return None
     lines = head[:-4].split(b"\r\n")
@@ -186,14 +222,16 @@ def plain_request_lines(head: bytes, max_headers: int, memo: LineMemo) -> PlainR
     line = lines[0]
     if line == memo.first_line:
         first = memo.first
+        first_wire = memo.first_wire
     else:
         m = _REQUEST_LINE_B.fullmatch(line)
         if m is None:
             return None
-        method, target, minor = m.groups()
-        first = (method.decode("ascii"), target.decode("ascii"), _VERSION_B[minor])
+        method_b, target_b, minor = m.groups()
+        first = (method_b.decode("ascii"), target_b.decode("ascii"), _VERSION_B[minor])
+        first_wire = b"".join((method_b, b" ", target_b, b" HTTP/1.1\r\n"))
         if len(line) <= LINE_MEMO_LINE:
-            memo.first_line, memo.first = line, first
+            memo.first_line, memo.first, memo.first_wire = line, first, first_wire
     line = lines[1]
     if line == memo.host_line:
         host = memo.host
@@ -205,24 +243,60 @@ def plain_request_lines(head: bytes, max_headers: int, memo: LineMemo) -> PlainR
         if len(line) <= LINE_MEMO_LINE:
             memo.host_line, memo.host = line, host
     fields = [("host", host)]
-    if n > 2:
-        get = memo.fields.get
-        for line in lines[2:]:
-            field = get(line)
-            if field is None:
-                fm = _FIELD_LINE.fullmatch(line.decode("latin-1"))
-                if fm is None:
-                    return None
-                name, value = fm.groups()
-                field = (name.lower(), value.strip(" \t"))
-                # remembered inline (a method call costs ~1k here): when the line does not
-                # fit, the field lines start again; a line over the whole budget is not kept
-                size = memo.size + len(line)
-                if size > LINE_MEMO_BYTES and len(line) <= LINE_MEMO_BYTES:
-                    memo.fields.clear()
-                    size = len(line)
-                if size <= LINE_MEMO_BYTES:
-                    memo.fields[line] = field
-                    memo.size = size
-            fields.append(field)
-    return first[0], first[1], first[2], fields
+    if n == 2:
+        return first[0], first[1], first[2], fields, first_wire, b""
+    wires: list[bytes] = []
+    get = memo.fields.get
+    for line in lines[2:]:
+        known = get(line)
+        if known is None:
+            known = _new_field_line(line, memo)
+            if known is None:
+                return None
+        fields.append(known[0])
+        wires.append(known[1])
+    return first[0], first[1], first[2], fields, first_wire, b"".join(wires)
+
+
+def _new_field_line(line: bytes, memo: LineMemo) -> tuple[tuple[str, str], bytes] | None:
+    """A field line not in `memo.fields`, checked, or None if the grammar refuses it.
+
+    A line whose name is in `memo.names` (checked before) needs only its value checked: a
+    printable value (`str.isprintable` on latin-1 text: SP-~ and \\xa1-\\xff but the
+    soft hyphen, all inside the value class) is one; any other value (HTAB, C1 bytes, a
+    control byte) is matched by _FIELD_LINE. Such a line (a known name with a new value:
+    a request id) is not remembered: it would only push the repeated lines out. A line
+    matched by _FIELD_LINE is remembered, and its name, within the byte budgets."""
+    colon = line.find(b":")
+    raw_name = line[:colon] if colon > 0 else b""
+    known_name = memo.names.get(raw_name) if raw_name else None
+    if known_name is not None:
+        value_b = line[colon + 1:].strip(b" \t")
+        value = value_b.decode("latin-1")
+        if value.isprintable():
+            return (known_name[0], value), b"".join((known_name[1], value_b, b"\r\n"))
+    fm = _FIELD_LINE.fullmatch(line.decode("latin-1"))
+    if fm is None:
+        return None
+    raw, value = fm.groups()
+    name = raw.lower()
+    value = value.strip(" \t")
+    if known_name is None:  # (a known name here: its value was not printable)
+        names_size = memo.names_size + colon
+        if names_size > NAME_MEMO_BYTES and colon <= NAME_MEMO_BYTES:
+            memo.names.clear()
+            names_size = colon
+        if names_size <= NAME_MEMO_BYTES:
+            memo.names[raw_name] = (name, (name + ": ").encode("latin-1"))
+            memo.names_size = names_size
+    known = ((name, value), "".join((name, ": ", value, "\r\n")).encode("latin-1"))
+    # remembered inline: when the line does not fit, the field lines start again; a line
+    # over the whole budget is not kept
+    size = memo.size + len(line)
+    if size > LINE_MEMO_BYTES and len(line) <= LINE_MEMO_BYTES:
+        memo.fields.clear()
+        size = len(line)
+    if size <= LINE_MEMO_BYTES:
+        memo.fields[line] = known
+        memo.size = size
+    return known

@@ -115,6 +115,7 @@ class HttpSession:
         # validated lower-case form (clients repeat it on every request).
         self._host_raw: str | None = None
         self._host = ""
+        self._host_wire = b""  # b"host: " + _host + CRLF, as serialise() writes it
         # The fast paths' memo of the last plain head of each direction (session_fast.py).
         self._req_memo: RequestMemo | None = None
         self._resp_memo: ResponseMemo | None = None

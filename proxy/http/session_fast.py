@@ -22,8 +22,9 @@ the same method, target, version, fields and keep-alive, and that plain_request 
 every head either codec refuses. So the codec's answer is known in advance and feeding it
 would only cost time: ~14k instructions per request with httptools, ~242k with h11
 (callgrind, the core bench's small-varying requests: 103k -> 89k resp. 331k -> 89k).
-The session asks fast.plain_request_lines, which equals plain_request on every head
-(test_plain_lines.py) and only matches the lines the connection has not sent before.
+The session asks fast.plain_request_wire, which equals plain_request on every head
+(test_plain_lines.py), only matches the lines the connection has not sent before, and
+gives the upstream head (what request.serialise writes) in pieces remembered with them.
 The codec's state stays consistent: it is only ever fed messages the full path handles,
 each from a message start (llhttp's parser is left at one by the previous full-path
 message; h11 gets a fresh connection per message), which test_fastpaths.py checks by
@@ -48,9 +49,9 @@ from observe.flow import Flow, FlowVerdict
 from policy.types import Decision
 from proxy.http.actions import Action, Emit, SendClient
 from proxy.http.exchange import CLIENT_WAIT, NO_BODY, UP_HEAD, ClientState, Exchange
-from proxy.http.fast import plain_request_lines, plain_response
+from proxy.http.fast import plain_request_wire, plain_response
 from proxy.http.flows import lazy_http_flow
-from proxy.http.request import AUTHORITY, PROTOCOL, BodyKind, PreparedRequest, new_meta, serialise
+from proxy.http.request import AUTHORITY, PROTOCOL, BodyKind, PreparedRequest, new_meta
 from proxy.http.response import ResponseFraming
 from proxy.http.wire import LengthDecoder
 
@@ -84,10 +85,10 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
         limits = s._limits
         if len(data) > limits.max_head_bytes:
             return None
-        plain = plain_request_lines(data, limits.max_headers, s._lines)
+        plain = plain_request_wire(data, limits.max_headers, s._lines)
         if plain is None:
             return None
-        method, target, version, fields = plain
+        method, target, version, fields, first_wire, rest_wire = plain
         host_raw = fields[0][1]
         if host_raw == s._host_raw:  # the same Host as the last request: checked then
             host = s._host
@@ -96,6 +97,7 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
             if not AUTHORITY.fullmatch(host):
                 return None
             s._host_raw, s._host = host_raw, host
+            s._host_wire = b"".join((b"host: ", host.encode("latin-1"), b"\r\n"))
         # No codec here: on every head plain_request accepts, llhttp and h11 read the same
         # message (test_plain_codec_agreement.py), and the codec's state is left as the
         # last full-path message left it (see the module docstring).
@@ -104,7 +106,10 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
         req = PreparedRequest(method, version, PROTOCOL[version],
                               new_meta(method, target, host, tuple(fields)),
                               "".join(("http://", host, target)),
-                              serialise(method, target, fields), _NO_BODY_KIND, 0,
+                              # serialise(method, target, fields), from the pieces
+                              # plain_request_wire remembered with the lines
+                              b"".join((first_wire, s._host_wire, rest_wire, b"\r\n")),
+                              _NO_BODY_KIND, 0,
                               version == "1.1", False, None, False)
         # HTTP/1.0 closes after this exchange: nothing to repeat
         if version == "1.1" and len(data) <= MEMO_MAX_HEAD_BYTES:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from proxy.http import fast
 from proxy.http.limits import MAX_HEADERS
+from proxy.http.request import serialise
 
 from .test_plain_codec_agreement import LINE_EDITS, REQUEST_LINES, near_misses, plain_heads
 
@@ -122,3 +123,70 @@ def test_remembered_lines_are_not_matched_again(monkeypatch: pytest.MonkeyPatch)
     assert first is not None and again is not None
     assert again == first == fast.plain_request(GOOD, MAX_HEADERS)
     assert again[3] is not first[3]
+
+
+def check_wire(sequence: list[bytes], max_headers: int = MAX_HEADERS) -> fast.LineMemo:
+    """plain_request_wire on one memo: plain_request's answer, and pieces that make up
+    exactly what request.serialise writes for it (the session writes the Host line)."""
+    memo = fast.LineMemo()
+    for head in sequence:
+        want = fast.plain_request(head, max_headers)
+        got = fast.plain_request_wire(head, max_headers, memo)
+        if want is None:
+            assert got is None, head
+        else:
+            assert got is not None and got[:4] == want, head
+            method, target, _, fields, first_wire, rest_wire = got
+            host_line = b"host: " + fields[0][1].encode("latin-1") + b"\r\n"
+            assert first_wire + host_line + rest_wire + b"\r\n" == serialise(
+                method, target, fields), head
+        assert memo.size == sum(map(len, memo.fields)) <= fast.LINE_MEMO_BYTES
+        assert memo.names_size == sum(map(len, memo.names)) <= fast.NAME_MEMO_BYTES
+    return memo
+
+
+@settings(max_examples=600)
+@given(connections(), st.sampled_from([MAX_HEADERS, MAX_HEADERS, 3, 1]))
+def test_wire_pieces_are_the_serialised_head(sequence: list[bytes], max_headers: int) -> None:
+    check_wire(sequence, max_headers)
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"X-Id", b"x-id", b"Accept", b"X_Id", b"Host",
+                                           b"Content-Length", b"Proxy-X", b"Te", b"A B"]),
+                          st.binary(max_size=12)), min_size=1, max_size=12))
+def test_a_known_name_with_a_new_value(pairs: list[tuple[bytes, bytes]]) -> None:
+    """Lines whose name was checked before come back with other values, any bytes
+    (control bytes, CR, LF, colons, OWS): the name memo answers as the grammar does."""
+    heads = [b"GET / HTTP/1.1\r\nHost: h\r\n" + name + b":" + value + b"\r\n\r\n"
+             for name, value in pairs]
+    check_wire(heads)
+    check(heads)
+
+
+def test_a_new_value_of_a_known_name_is_not_matched(monkeypatch: pytest.MonkeyPatch) -> None:
+    memo = fast.LineMemo()
+    assert fast.plain_request_wire(GOOD, MAX_HEADERS, memo) is not None
+    assert memo.names == {b"Accept": ("accept", b"accept: "), b"X-Id": ("x-id", b"x-id: ")}
+    monkeypatch.setattr(fast, "_FIELD_LINE", _Refuse())
+    other = GOOD.replace(b"X-Id: 1", b"X-Id: \t2 ")
+    got = fast.plain_request_wire(other, MAX_HEADERS, memo)
+    assert got is not None and got[3][-1] == ("x-id", "2") and got[5].endswith(b"x-id: 2\r\n")
+    assert other.split(b"\r\n")[3] not in memo.fields  # a new value of a known name: not kept
+    # a value that is not printable goes to the grammar: a control byte refuses the head
+    with pytest.raises(AssertionError, match="matched again"):
+        fast.plain_request_wire(GOOD.replace(b"X-Id: 1", b"X-Id: \x7f"), MAX_HEADERS, memo)
+    monkeypatch.undo()
+    assert fast.plain_request_wire(GOOD.replace(b"X-Id: 1", b"X-Id: \x7f"), MAX_HEADERS,
+                                   memo) is None
+    tab = fast.plain_request_wire(GOOD.replace(b"X-Id: 1", b"X-Id: a\tb"), MAX_HEADERS, memo)
+    assert tab is not None and tab[3][-1] == ("x-id", "a\tb")
+
+
+def test_the_name_memo_is_bounded() -> None:
+    names = [b"X-%04d-" % i + b"n" * 200 for i in range(12)]
+    memo = check_wire([b"GET / HTTP/1.1\r\nHost: h\r\n" + n + b": v\r\n\r\n" for n in names])
+    assert 0 < len(memo.names) <= fast.NAME_MEMO_BYTES // 200
+    # a name over the whole budget is checked but never kept, and empties nothing
+    huge = b"Y" * (fast.NAME_MEMO_BYTES + 1)
+    memo = check_wire([b"GET / HTTP/1.1\r\nHost: h\r\nX: 1\r\n" + huge + b": v\r\n\r\n"] * 2)
+    assert memo.names == {b"X": ("x", b"x: ")}
