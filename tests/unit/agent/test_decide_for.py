@@ -5,10 +5,12 @@ port of the README cluster, with and without learned toFQDNs names."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 from agent.daemon import Agent
 from proxy.http.actions import ConnInfo
 from proxy.http.request import new_meta
+from tests.unit.agent.conftest import agent_config
 
 SOURCES = ["10.244.1.10", "10.244.1.11", "10.244.2.10", "10.244.1.53", "203.0.113.5"]
 DESTS = ["10.244.2.10", "10.244.1.10", "10.244.1.53", "203.0.113.10", "198.51.100.7"]
@@ -19,6 +21,9 @@ PATHS = ["/api/users", "/api/", "/admin", "/", "/api/users/1?x=y", "/v1/charges"
 HOSTS = ["my-api", "api.stripe.com", "10.244.2.10:8080", "db.internal.example.com"]
 HEADERS = [(), (("x-debug", "1"),), (("user-agent", "curl"), ("x-request-id", "7"))]
 
+KINDS: set[str] = set()  # which kinds of per-connection decide the checks went through
+
+
 def _check_all(agent: Agent) -> int:
     """Every connection of SOURCES x DESTS x PORTS, every request shape on each; returns how
     many were allowed (so a test can tell it saw both answers)."""
@@ -27,6 +32,7 @@ def _check_all(agent: Agent) -> int:
     for src, dst, port in itertools.product(SOURCES, DESTS, PORTS):
         conn = ConnInfo(src, 40000, dst, port, agent.current())
         decide = agent.http_decide_for(conn)  # once, at accept
+        KINDS.add(decide.__name__)
         for method, path, host, headers in shapes:
             meta = new_meta(method, path, host, (("host", host), *headers))
             got = decide(conn, meta)
@@ -36,7 +42,11 @@ def _check_all(agent: Agent) -> int:
 
 
 def test_without_fqdn_names(cfg_agent: Agent) -> None:
+    KINDS.clear()
     assert _check_all(cfg_agent) > 0
+    # a fixed answer and rules on method/path/host only (the memo looked up inline): both
+    # kinds of decide were compared with decide_http above (rules that read headers: below)
+    assert {"decide_fixed", "decide_plain"} <= KINDS, KINDS
 
 
 def test_with_learned_names(fqdn_agent: Agent) -> None:
@@ -59,3 +69,32 @@ def test_readme_example_through_the_connection_decide(cfg_agent: Agent) -> None:
     assert decide(conn, new_meta("GET", "/api/users", "my-api", host)).is_allowed
     assert not decide(conn, new_meta("POST", "/api/users", "my-api", host)).is_allowed
     assert not decide(conn, new_meta("GET", "/admin", "my-api", host)).is_allowed
+
+
+# my-api also takes requests that carry X-Debug: 1 on 9090 (a rule that reads a header)
+HEADER_RULE = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: my-api-debug, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: my-api}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {role: frontend}}]
+    toPorts:
+    - ports: [{port: "9090", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/api/.*", headers: ["X-Debug: 1"]}]
+"""
+
+
+def test_rules_that_read_headers(tmp_path: Path) -> None:
+    agent = Agent(agent_config(tmp_path, "node2", my_api_debug=HEADER_RULE))
+    agent.prepare()
+    KINDS.clear()
+    assert _check_all(agent) > 0
+    assert "decide" in KINDS, KINDS
+    conn = ConnInfo("10.244.1.10", 40000, "10.244.2.10", 9090, agent.current())
+    decide = agent.http_decide_for(conn)
+    debug = (("host", "my-api"), ("x-debug", "1"))
+    assert decide(conn, new_meta("GET", "/api/users", "my-api", debug)).is_allowed
+    assert not decide(conn, new_meta("GET", "/api/users", "my-api", debug[:1])).is_allowed
