@@ -360,17 +360,29 @@ class Agent:
         pending = self._l7_pending
         pending.append(flow)
         if len(pending) == 1:
-            if self._call_soon is None:  # no loop running (tests, start-up): publish now
-                self.flush_l7()
-            else:
-                self._call_soon(self.flush_l7)
+            self.wake_l7()
+
+    def wake_l7(self) -> None:
+        """A flow joined the empty queue: publish it at the end of this event-loop iteration
+        (now when no loop runs: tests, start-up). The HTTP proxy appends to `_l7_pending`
+        and calls this itself (`l7_queue`), as queue_l7 does."""
+        if self._call_soon is None:
+            self.flush_l7()
+        else:
+            self._call_soon(self.flush_l7)
+
+    def l7_queue(self) -> tuple[list[Flow], Callable[[], None]]:
+        """(the pending list, wake_l7) for a proxy that queues flows itself: the list object
+        stays the same for the agent's life (flush_l7 empties it in place)."""
+        return self._l7_pending, self.wake_l7
 
     def flush_l7(self) -> None:
         """Publish what queue_l7 collected, in order: `emit_l7` for each, as one batch."""
-        flows = self._l7_pending
-        if not flows:
+        pending = self._l7_pending
+        if not pending:
             return
-        self._l7_pending = []
+        flows = pending.copy()
+        pending.clear()
         st = self.state or self.current()
         names = self._fqdn_names
         emit_l7_flows(flows, st, names)  # binds / enriches each flow in place

@@ -34,6 +34,7 @@ async def start_http_proxy(agent: Agent) -> HttpProxyServer:
         codec=cfg.http_codec,
         context=lambda _peer, _dst: agent.current(),  # a connection keeps its snapshot
         decide_for=agent.http_decide_for,
+        flow_queue=agent.l7_queue(),  # what agent.queue_l7 does, done by the server itself
     )
     await server.start()
     done = compiled.loaded()

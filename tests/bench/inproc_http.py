@@ -109,14 +109,17 @@ async def _proxy(mode: str) -> tuple[Any, Any]:
                               enable_datapath=False))
     agent.prepare()
     agent._call_soon = loop.call_soon  # what Agent.run() sets before the proxies start
-    # (getattr: the same loop also measures versions from before the batched sink)
+    # (getattr, hasattr: the same loop also measures versions from before the batched sink,
+    # the per-connection decide and the server-side flow queue; as agent/proxies.py wires it)
     sink = getattr(agent, "queue_l7", agent.emit_l7)
     server = HttpProxyServer((DST, PROXY_PORT), agent.decide_http, sink,
                              upstream_mark=agent.upstream_mark,
                              origdst=lambda _sock: (DST, ORIGIN_PORT),
                              context=lambda _peer, _dst: agent.current(),
                              **({"decide_for": agent.http_decide_for}
-                                if hasattr(agent, "http_decide_for") else {}))
+                                if hasattr(agent, "http_decide_for") else {}),
+                             **({"flow_queue": agent.l7_queue()}
+                                if hasattr(agent, "l7_queue") else {}))
     await server.start()
     return server, agent
 

@@ -85,3 +85,38 @@ def test_reload_and_dns_answers_flush_first(cfg: AgentConfig, tmp_path: Path) ->
     agent.queue_l7(_flows(2)[1])
     agent.learn_dns(SimpleNamespace(src_ip="10.244.1.10"), "example.com", [])
     assert agent.ring.last_seq == 2 and agent._l7_pending == []
+
+
+def test_the_http_server_queues_as_queue_l7(cfg: AgentConfig) -> None:
+    """The HTTP proxy given `l7_queue()` appends to the agent's queue itself: flows from it
+    and from queue_l7 (the DNS proxy's sink) in one iteration are one batch, in order, and
+    readers see what emit_l7 one by one gives."""
+    from proxy.http.server import HttpProxyServer
+    one, batched = _agent(cfg), _agent(cfg)
+    flows_one, flows = _flows(30), _flows(30)
+    for f in flows_one:
+        one.emit_l7(f)
+    server = HttpProxyServer(("127.0.0.1", 0), batched.decide_http, batched.queue_l7,
+                             flow_queue=batched.l7_queue())
+    wakes: list[int] = []
+
+    async def run() -> None:
+        call_soon = asyncio.get_running_loop().call_soon
+
+        def counting_call_soon(fn: object) -> None:
+            wakes.append(len(batched._l7_pending))
+            call_soon(fn)  # type: ignore[arg-type]
+        batched._call_soon = counting_call_soon
+        for i, f in enumerate(flows[:20]):
+            (server.emit_flow if i % 3 else batched.queue_l7)(f)
+        assert batched.ring.last_seq == 0 and len(batched._l7_pending) == 20
+        await asyncio.sleep(0)
+        assert batched.ring.last_seq == 20 and batched._l7_pending == []
+        for f in flows[20:]:
+            server.emit_flow(f)
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert wakes == [1, 1]  # one wake per batch, when the first flow joined
+    assert batched.l7_queue()[0] is batched._l7_pending  # the list the server holds
+    assert _observable(batched) == _observable(one)
