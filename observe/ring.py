@@ -35,8 +35,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import attrgetter, is_
+from itertools import repeat, starmap
+from operator import attrgetter, is_, itemgetter
 
 from observe.flow import EventKind, Flow, FlowVerdict
 
@@ -68,6 +68,8 @@ _PREFERRED_KINDS = frozenset((EventKind.DROP, EventKind.L7, EventKind.POLICY_VER
 _DROPPED, _L7, _DROP, _POLICY_VERDICT = (FlowVerdict.DROPPED, EventKind.L7, EventKind.DROP,
                                          EventKind.POLICY_VERDICT)
 _KIND = attrgetter("kind")
+_FLOW = itemgetter(1)
+_TIME_NS = attrgetter("time_ns")
 
 
 def is_preferred(flow: Flow) -> bool:
@@ -342,16 +344,18 @@ class FlowRing:
 
     def _evict_batch(self) -> int:
         """Evict `evict_batch` flows, traces first; record them as one loss; return N."""
+        # the pops and the time scan run in C (`starmap`, `map`) rather than as list
+        # comprehensions (~16 interpreted bytecodes per evicted flow)
         want = self.evict_batch
         traces = self._traces
         take = min(want, len(traces))
-        victims = [traces.popleft() for _ in range(take)]
+        victims = list(starmap(traces.popleft, repeat((), take)))
         if take < want:
             pref = self._preferred
-            victims += [pref.popleft() for _ in range(min(want - take, len(pref)))]
+            victims += starmap(pref.popleft, repeat((), min(want - take, len(pref))))
         if not victims:
             return 0
-        times = [f.time_ns for _, f in victims]
+        times = list(map(_TIME_NS, map(_FLOW, victims)))
         if take in (0, len(victims)):  # from one queue: seqs ascending
             lo_seq, hi_seq = victims[0][0], victims[-1][0]
         else:
