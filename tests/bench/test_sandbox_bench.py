@@ -100,7 +100,7 @@ from sandbox_bench_helpers import (
 )
 
 from agent.sandbox.api import Sandbox, _reap_child
-from agent.sandbox.state import stop
+from agent.sandbox.state import STATE_DIR, stop
 
 pytestmark = [pytest.mark.bench, pytest.mark.root]
 
@@ -376,6 +376,30 @@ def _start_python(sb: Sandbox, node: str, args: list[str], log: Path,
     return proc
 
 
+def _proxy_build(node: str) -> str:
+    """How `node`'s agent runs its HTTP proxy, from the line agent/proxies.py logs at start:
+    "compiled", or why not (e.g. "pure Python (compiled hot path not used: stale: fast.py
+    changed since the build ...)")."""
+    for line in (STATE_DIR / node / "agent.log").read_text(errors="replace").splitlines():
+        if "http proxy: compiled hot path" in line:
+            return "compiled"
+        if "http proxy: pure Python" in line:
+            return line.split("http proxy: ", 1)[1]
+    return "unknown (no start line in the agent log)"
+
+
+def _require_compiled(node: str) -> None:
+    """l7gate's figures are those of the compiled hot path (make setup builds it): a build
+    left stale by an edit makes the agent fall back to the sources, which
+    must not pass for a measurement of the product (stop 15: a run discarded for that had
+    46-55 µs CPU per request against 36-42 compiled). L7GATE_PURE=1 measures the sources
+    on purpose."""
+    build = _proxy_build(node)
+    if os.environ.get("L7GATE_PURE") != "1" and build != "compiled":
+        pytest.fail(f"{node}'s HTTP proxy is not running the compiled hot path: {build}; "
+                    "rebuild it (make setup, or scripts/build_compiled.py)")
+
+
 def _pyfloor(sb: Sandbox, tmp_path: Path) -> subprocess.Popen[bytes]:
     """tests/bench/pyfloor.py beside haproxy: what the least Python per request costs."""
     return _start_python(sb, "node2", ["tests.bench.pyfloor", sb.node_ip("node2"),
@@ -464,6 +488,7 @@ def test_http_proxy_direct_haproxy_l7gate(slot: Slot, tmp_path: Path) -> None:
         # the L7 rule is enforced, so these requests really cross the proxy
         assert _http_code(sb, CLIENT, url + path) == 200
         assert _http_code(sb, CLIENT, url + "/private") == 403
+        _require_compiled("node2")
         pids = {"proxy": _agent_pid(sb, "node2"), "node1 agent": _agent_pid(sb, "node1")}
         for conns in CONCURRENCY:
             results.append((number, wrk(sb, CLIENT, url + path, conns, RUN_S,
