@@ -10,9 +10,10 @@ same for an upstream response head with a final status other than 204/304 whose 
 framing or hop-by-hop field is one Content-Length: it returns (minor, status, reason,
 end-to-end fields, length) as `wire.parse_response_head` + `response.response_framing` see
 them, or None. Neither ever accepts what the full path refuses; test_fastpaths.py compares
-both with the full path on generated heads. `plain_request_lines(head, max_headers, memo)`
-is plain_request with a per-connection memo of the lines already checked (below); it equals
-plain_request on every head (test_plain_lines.py), and the session calls it.
+both with the full path on generated heads. `plain_request_wire(head, max_headers, memo)`
+is plain_request with a per-connection memo of the lines already checked (below), plus the
+upstream head in remembered pieces; its first four parts equal plain_request on every head
+(test_plain_lines.py), and the session calls it.
 The session forwards a plain request without feeding the codec, so plain_request alone
 decides what takes that path: on every head it accepts, llhttp and h11 read the same single
 bodiless message (test_plain_codec_agreement.py), and it is never more lenient than either.
@@ -178,13 +179,6 @@ class LineMemo:
 # (method, target, version, fields, request line as serialise() writes it, the field lines
 # after Host as serialise() writes them)
 PlainRequestWire = tuple[str, str, str, list[tuple[str, str]], bytes, bytes]
-
-
-def plain_request_lines(head: bytes, max_headers: int, memo: LineMemo) -> PlainRequest | None:
-    """`plain_request(head, max_headers)`, equal on every head whatever `memo` holds (see
-    plain_request_wire, which does the work)."""
-    plain = plain_request_wire(head, max_headers, memo)
-    return None if plain is None else (plain[0], plain[1], plain[2], plain[3])
 
 
 def plain_request_wire(head: bytes, max_headers: int,

@@ -119,7 +119,7 @@ class HttpSession:
         # The fast paths' memo of the last plain head of each direction (session_fast.py).
         self._req_memo: RequestMemo | None = None
         self._resp_memo: ResponseMemo | None = None
-        # ... and of the request lines already checked (fast.plain_request_lines)
+        # ... and of the request lines already checked (fast.plain_request_wire)
         self._lines = LineMemo()
 
     # --- what the server looks at ---------------------------------------------------------

@@ -65,7 +65,7 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-length: 64\r\ncontent-type: text/plain\
 # column is the cost of a head seen for the first time; the others repeat one head.
 VARYING = [SMALL[:-2] + b"X-Request-Id: %016x\r\n\r\n" % i for i in range(1024)]
 # "browser" with its X-Request-Id changing (the other 13 lines repeat, as from one client):
-# what the per-connection memo of checked lines (fast.plain_request_lines) is for.
+# what the per-connection memo of checked lines (fast.plain_request_wire) is for.
 BROWSER_VARYING = [BROWSER.replace(b"7d3c9a2b-5e1f-4c8d-9b0a-1e2f3a4b5c6d",
                                    b"7d3c9a2b-5e1f-4c8d-9b0a-%012x" % i) for i in range(1024)]
 CASES: dict[str, list[bytes]] = {"small": [SMALL], "small-varying": VARYING,
