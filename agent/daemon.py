@@ -421,30 +421,8 @@ class Agent:
         if not isinstance(st, ClusterState) or (
                 self.fqdn is not None and st.local_endpoint_str(conn.src_ip) is not None):
             return self.decide_http
-        decider = st.http_decider(conn.src_ip, conn.dst_ip, conn.dst_port, frozenset())
-        decide_with = st.decide_with
-        if decider.fixed is not None:
-            fixed = decider.fixed[0]
-
-            def decide_fixed(_conn: Any, meta: HttpRequestMeta) -> Verdict:
-                return fixed
-            return decide_fixed
-        if decider.headers:
-            def decide(_conn: Any, meta: HttpRequestMeta) -> Verdict:
-                return decide_with(decider, meta)[0]
-            return decide
-        # No rule reads a header: decide_with's memo lookup, inline (its key, its dict,
-        # which it only ever clears in place), and decide_with itself only on a miss. Why:
-        # one Python call and its checks less per request (~1k instructions, callgrind,
-        # tests/bench/inproc_http.py).
-        verdicts = st._http_verdicts
-
-        def decide_plain(_conn: Any, meta: HttpRequestMeta) -> Verdict:
-            found = verdicts.get((decider, meta.method, meta.path, meta.host))
-            if found is None:
-                found = decide_with(decider, meta)
-            return found[0]
-        return decide_plain
+        return st.verdict_fn(st.http_decider(conn.src_ip, conn.dst_ip, conn.dst_port,
+                                             frozenset()))
 
     # The three DNS callbacks run once per query each: `self.state or self.current()` reads
     # the state without a call (current() only raises when there is none).
