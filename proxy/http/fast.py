@@ -189,10 +189,11 @@ def plain_request_wire(head: bytes, max_headers: int,
     connection's, initially empty) passed the same grammar, in the same place (request line,
     Host line, other field line), when it was put there, so only new lines are matched. A new
     field line whose name was checked before (same bytes up to its first colon) has only its
-    value checked, in C: the grammar's name part (token, not one of the names the fast path
-    leaves to the full path, no underscore) depends on those bytes alone, and its value
-    part is one character class. The pieces: for the answer (method, target, version,
-    fields), `serialise(method, target, fields)` equals
+    value checked (`_new_field_line`: a printable value in C, any other by the grammar): the
+    grammar's name part (token, not one of the names the fast path leaves to the full path,
+    no underscore) depends on those bytes alone, and its value part is one character class.
+    The pieces: for the answer (method, target, version, fields),
+    `serialise(method, target, fields)` equals
     `first_wire + b"host: " + host + b"\r\n" + rest_wire + b"\r\n"` with fields[0] ==
     ("host", host) (the session lower-cases Host and writes that line itself), built from
     per-line pieces remembered with the lines.
