@@ -162,7 +162,8 @@ class LineMemo:
     (raw name -> lower-cased name and how serialise() starts its line)."""
 
     __slots__ = ("fields", "first", "first_line", "first_wire", "host", "host_line", "names",
-                 "names_size", "size")
+                 "names_size", "near", "near_fields", "near_name", "near_name_wire",
+                 "near_pieces", "near_suffix", "near_wire", "size")
 
     def __init__(self) -> None:
         self.first_line: bytes | None = None
@@ -174,6 +175,21 @@ class LineMemo:
         self.size = 0  # bytes of the field lines held
         self.names: dict[bytes, tuple[str, bytes]] = {}  # raw -> (name, b"name: ")
         self.names_size = 0  # bytes of the names held
+        # The template (plain_request_wire): the head accepted last that had exactly one
+        # field line no memo knew, cut around that line's value. `near` is the head up to
+        # and including the line's colon (None: no template), `near_suffix` the rest from
+        # the CRLF ending the line; `near_pieces` (line count, index of the field,
+        # method, target, version); `near_fields` the answer's fields; `near_name` and
+        # `near_name_wire` the field's name and how its line starts upstream;
+        # `near_wire` the upstream pieces: the request line, the field lines before and
+        # after it.
+        self.near: bytes | None = None
+        self.near_suffix = b""
+        self.near_pieces: tuple[int, int, str, str, str] = (0, 0, "", "", "")
+        self.near_fields: list[tuple[str, str]] = []
+        self.near_name = ""
+        self.near_name_wire = b""
+        self.near_wire: tuple[bytes, bytes, bytes] = (b"", b"", b"")
 
 
 # (method, target, version, fields, request line as serialise() writes it, the field lines
@@ -207,7 +223,29 @@ def plain_request_wire(head: bytes, max_headers: int,
     remembered pieces (no regex for a request id's new value, no `serialise` call): the same
     loop, once the flow ring is full (requests 9,600-16,000), 59.5k -> 53.75k per request,
     where a head repeated byte for byte (the session's whole-head memo) costs 39.1k. A new
-    field line is matched decoded (its groups come out as str)."""
+    field line is matched decoded (its groups come out as str).
+    The template: a head accepted with exactly one field line that no memo knew (a request
+    id among repeated lines) is kept cut around that line's value (`LineMemo.near`). A head
+    that is the template's start, then printable latin-1 (no CR, LF or other control byte:
+    inside the value class), then the template's end, with the two not overlapping, is
+    that head with this one value changed: the same lines in the same places, each passing
+    the grammar as it did. So its answer is the template's with the value replaced, found
+    without splitting the head or looking any line up; any other head takes the lines.
+    Same loop, requests 9,600-16,000: 51.5k -> 46.1k instructions per request."""
+    near = memo.near
+    if near is not None and head.startswith(near):
+        suffix = memo.near_suffix
+        end = len(head) - len(suffix)
+        n, index, method, target, version = memo.near_pieces
+        if end >= len(near) and head.endswith(suffix) and n - 1 <= max_headers:
+            raw = head[len(near):end]
+            text = raw.decode("latin-1")
+            if text.isprintable():  # else the lines below decide
+                fields = memo.near_fields.copy()
+                fields[index] = (memo.near_name, text.strip(" \t"))
+                first_wire, before, after = memo.near_wire
+                return method, target, version, fields, first_wire, b"".join(
+                    (before, memo.near_name_wire, raw.strip(b" \t"), b"\r\n", after))
     if head[-4:] != b"\r\n\r\n":
         return None
     lines = head[:-4].split(b"\r\n")
@@ -242,15 +280,37 @@ def plain_request_wire(head: bytes, max_headers: int,
         return first[0], first[1], first[2], fields, first_wire, b""
     wires: list[bytes] = []
     get = memo.fields.get
+    fresh = -1  # the index of the one field line no memo knew, -2 if several
     for line in lines[2:]:
         known = get(line)
         if known is None:
             known = _new_field_line(line, memo)
             if known is None:
                 return None
+            fresh = len(fields) if fresh == -1 else -2
         fields.append(known[0])
         wires.append(known[1])
+    if fresh > 0 and len(head) <= LINE_MEMO_BYTES:
+        _set_near(head, lines, fresh, first, first_wire, fields, wires, memo)
     return first[0], first[1], first[2], fields, first_wire, b"".join(wires)
+
+
+def _set_near(head: bytes, lines: list[bytes], index: int, first: tuple[str, str, str],
+              first_wire: bytes, fields: list[tuple[str, str]], wires: list[bytes],
+              memo: LineMemo) -> None:
+    """Make the accepted `head` the template, cut around the value of its field
+    `fields[index]` (the line `lines[index + 1]`); the only caller's head is plain."""
+    start = sum(map(len, lines[:index + 1])) + 2 * (index + 1)  # where the line starts
+    line = lines[index + 1]
+    colon = line.find(b":")
+    memo.near = head[:start + colon + 1]
+    memo.near_suffix = head[start + len(line):]
+    memo.near_pieces = (len(lines), index, first[0], first[1], first[2])
+    memo.near_fields = fields.copy()
+    name = fields[index][0]
+    memo.near_name = name
+    memo.near_name_wire = (name + ": ").encode("latin-1")
+    memo.near_wire = (first_wire, b"".join(wires[:index - 1]), b"".join(wires[index:]))
 
 
 def _new_field_line(line: bytes, memo: LineMemo) -> tuple[tuple[str, str], bytes] | None:

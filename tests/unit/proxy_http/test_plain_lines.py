@@ -22,7 +22,7 @@ from proxy.http import fast
 from proxy.http.limits import MAX_HEADERS
 from proxy.http.request import serialise
 
-from .test_plain_codec_agreement import LINE_EDITS, REQUEST_LINES, near_misses, plain_heads
+from .test_plain_codec_agreement import LINE_EDITS, REQUEST_LINES, Head, near_misses, plain_heads
 
 GOOD = b"GET /api/users HTTP/1.1\r\nHost: svc:8080\r\nAccept: */*\r\nX-Id: 1\r\n\r\n"
 
@@ -175,3 +175,77 @@ def test_the_name_memo_is_bounded() -> None:
     huge = b"Y" * (fast.NAME_MEMO_BYTES + 1)
     memo = check([b"GET / HTTP/1.1\r\nHost: h\r\nX: 1\r\n" + huge + b": v\r\n\r\n"] * 2)
     assert memo.names == {b"X": ("x", b"x: ")}
+
+
+# Values for one field line of an accepted head: anything, the hostile bytes by name (line
+# ends, an injected field, control and C1 bytes, NBSP and the soft hyphen, which are not
+# printable, OWS), and printable latin-1 text (the template's own path).
+_VALUES = st.one_of(
+    st.binary(max_size=16),
+    st.sampled_from([b"", b" ", b"\t", b" a ", b"a\t", b"a\r\nX-Injected: 1", b"a\r\n", b"\n",
+                     b"\r", b"\x00", b"\x7f", b"\xa0", b"\xad", b"\x85", b"a:b", b"\xff",
+                     b"\r\n\r\nGET /admin HTTP/1.1\r\nHost: h"]),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0xff), max_size=24)
+    .map(lambda t: t.encode("latin-1")))
+
+
+@settings(max_examples=400)
+@given(plain_heads(), st.data(), st.sampled_from([MAX_HEADERS, MAX_HEADERS, 3, 1]))
+def test_heads_that_differ_in_one_field_value(head: Head, data: st.DataObject,
+                                              max_headers: int) -> None:
+    """A connection that sends one head again and again with one field's value changed (a
+    request id), the other lines byte for byte the same, now and then with another line
+    edited or bytes added: the template built from such a head answers as plain_request
+    does for every value, and never for a head that differs elsewhere."""
+    lines = lines_of(head.wire())
+    if len(lines) < 3:
+        return
+
+    def edit(where: int, value: bytes) -> bytes:
+        """The head with line `where` given `value` (a field line) or an `x` added (the
+        request line or Host line)."""
+        line = lines[where]
+        edited = line[:line.find(b":") + 1] + value if where >= 2 else line + b"x"
+        return b"\r\n".join([*lines[:where], edited, *lines[where + 1:]]) + b"\r\n\r\n"
+
+    k = data.draw(st.integers(2, len(lines) - 1))
+    sequence = [head.wire()] + [edit(k, v) for v in data.draw(st.lists(_VALUES, min_size=2,
+                                                                       max_size=10))]
+    others = data.draw(st.lists(st.tuples(st.integers(0, len(lines) - 1), _VALUES,
+                                          st.sampled_from([b"", b"", b"X", b"\r\n"])),
+                                max_size=4))
+    for where, value, extra in others:
+        sequence.insert(data.draw(st.integers(1, len(sequence))), edit(where, value) + extra)
+    check(sequence, max_headers)
+
+
+def test_the_template_answers_without_the_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a head with one new field line was accepted, a head that differs from it only in
+    that line's value is answered from the template: not split into lines, no memo or
+    pattern consulted; a value that is not printable, or a head that only looks like the
+    template (its start and end overlap), goes back to the lines."""
+    memo = fast.LineMemo()
+    for i in range(2):
+        assert fast.plain_request_wire(GOOD.replace(b"X-Id: 1", b"X-Id: %d" % i),
+                                       MAX_HEADERS, memo) is not None
+    assert memo.near == b"GET /api/users HTTP/1.1\r\nHost: svc:8080\r\nAccept: */*\r\nX-Id:"
+    assert memo.near_suffix == b"\r\n\r\n"
+    for name in ("_REQUEST_LINE_B", "_HOST_LINE_B", "_FIELD_LINE"):
+        monkeypatch.setattr(fast, name, _Refuse())
+    memo.fields.clear()
+    memo.names.clear()
+    memo.first_line = memo.host_line = None
+    head = GOOD.replace(b"X-Id: 1", b"X-Id:  7f3a-\xe9 ")
+    got = fast.plain_request_wire(head, MAX_HEADERS, memo)
+    assert got is not None and got[:4] == fast.plain_request(head, MAX_HEADERS)
+    assert got[3][-1] == ("x-id", "7f3a-\xe9") and got[5] == b"accept: */*\r\nx-id: 7f3a-\xe9\r\n"
+    with pytest.raises(AssertionError, match="matched again"):  # a tab: the lines decide
+        fast.plain_request_wire(GOOD.replace(b"X-Id: 1", b"X-Id: a\tb"), MAX_HEADERS, memo)
+    monkeypatch.undo()
+    # the start and end of the template overlap in a shorter head
+    # (the first head makes "X: 2" a remembered line, the second the template)
+    memo = check([b"GET / HTTP/1.1\r\nHost: h\r\nX: 2\r\n\r\n",
+                  b"GET / HTTP/1.1\r\nHost: h\r\nX: 0\r\nX: 2\r\n\r\n",
+                  b"GET / HTTP/1.1\r\nHost: h\r\nX: 2\r\n\r\n"])
+    assert memo.near == b"GET / HTTP/1.1\r\nHost: h\r\nX:"
+    assert memo.near_suffix == b"\r\nX: 2\r\n\r\n"
