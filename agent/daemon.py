@@ -37,7 +37,7 @@ from observe.ring import FlowRing
 from policy.compile import PolicySnapshot, compile_policies
 from policy.errors import ConfigError, L7gateError, PolicyError
 from policy.load import load_directory
-from policy.types import HttpRequestMeta, L4Action, Proto, Verdict
+from policy.types import HttpRequestView, L4Action, Proto, Verdict
 from redirect.marks import proxy_upstream_mark
 
 log = logging.getLogger("l7gate.agent")
@@ -397,7 +397,7 @@ class Agent:
 
     # --- proxy callbacks --------------------------------------------------------------------------
 
-    def decide_http(self, conn: Any, meta: HttpRequestMeta) -> Verdict:
+    def decide_http(self, conn: Any, meta: HttpRequestView) -> Verdict:
         st = conn.context if isinstance(conn.context, ClusterState) else self.current()
         src_ep = st.local_endpoint_str(conn.src_ip)
         fqdns: frozenset[str] = frozenset()
@@ -408,7 +408,7 @@ class Agent:
                                              fqdns)
         return verdict
 
-    def http_decide_for(self, conn: Any) -> Callable[[Any, HttpRequestMeta], Verdict]:
+    def http_decide_for(self, conn: Any) -> Callable[[Any, HttpRequestView], Verdict]:
         """The HTTP proxy's decide for one connection, asked once when it is accepted: equal
         to `decide_http` on every request of that connection. A connection keeps the state
         it was accepted under (`conn.context`), so its decider is fixed unless the source is

@@ -27,6 +27,7 @@ from policy.types import (
     DropReason,
     Endpoint,
     HttpRequestMeta,
+    HttpRequestView,
     L4Action,
     Peer,
     Proto,
@@ -68,7 +69,7 @@ class HttpDecider:
                 fixed = self.decide(_ANY_REQUEST)  # every side allows any request
         self.fixed = fixed
 
-    def decide(self, meta: HttpRequestMeta) -> tuple[Verdict, Direction]:
+    def decide(self, meta: HttpRequestView) -> tuple[Verdict, Direction]:
         """Every side must allow; the first that denies decides (egress before ingress)."""
         verdict, direction = None, Direction.EGRESS
         for direction, plan in self.sides:
@@ -221,7 +222,7 @@ class ClusterState:
         return plan
 
     def decide_http(self, src_ip: ipaddress.IPv4Address | str,
-                    dst_ip: ipaddress.IPv4Address | str, dport: int, meta: HttpRequestMeta,
+                    dst_ip: ipaddress.IPv4Address | str, dport: int, meta: HttpRequestView,
                     dst_fqdns: frozenset[str] = frozenset()) -> tuple[Verdict, Direction]:
         """Decide one request for every local side whose policy redirects it to the proxy.
 
@@ -232,7 +233,7 @@ class ClusterState:
                                 meta)
 
     def decide_with(self, decider: HttpDecider,
-                    meta: HttpRequestMeta) -> tuple[Verdict, Direction]:
+                    meta: HttpRequestView) -> tuple[Verdict, Direction]:
         """`decide_http`'s answer for a request once its decider is known (the agent keeps
         one per proxy connection whose decider cannot change: Agent.http_decide_for)."""
         if decider.fixed is not None:
@@ -253,7 +254,7 @@ class ClusterState:
             self._http_verdicts[key] = found
         return found
 
-    def verdict_fn(self, decider: HttpDecider) -> Callable[[Any, HttpRequestMeta], Verdict]:
+    def verdict_fn(self, decider: HttpDecider) -> Callable[[Any, HttpRequestView], Verdict]:
         """`decide_with(decider, meta)[0]` as the HTTP proxy calls it, `(conn, meta)`, for a
         connection whose decider is fixed (Agent.http_decide_for): a fixed verdict is
         returned directly; when no rule reads a header, decide_with's memo is looked up
@@ -264,16 +265,16 @@ class ClusterState:
         if decider.fixed is not None:
             fixed = decider.fixed[0]
 
-            def decide_fixed(_conn: Any, meta: HttpRequestMeta) -> Verdict:
+            def decide_fixed(_conn: Any, meta: HttpRequestView) -> Verdict:
                 return fixed
             return decide_fixed
         if decider.headers:
-            def decide(_conn: Any, meta: HttpRequestMeta) -> Verdict:
+            def decide(_conn: Any, meta: HttpRequestView) -> Verdict:
                 return decide_with(decider, meta)[0]
             return decide
         verdicts = self._http_verdicts
 
-        def decide_plain(_conn: Any, meta: HttpRequestMeta) -> Verdict:
+        def decide_plain(_conn: Any, meta: HttpRequestView) -> Verdict:
             found = verdicts.get((decider, meta.method, meta.path, meta.host))  # decide_with's
             if found is None:
                 found = decide_with(decider, meta)

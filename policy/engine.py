@@ -30,6 +30,7 @@ from policy.types import (
     DropReason,
     Endpoint,
     HttpRequestMeta,
+    HttpRequestView,
     L4Action,
     Peer,
     Proto,
@@ -105,11 +106,11 @@ def l7_plan(snapshot: PolicySnapshot, direction: Direction, local: Endpoint, pee
 
 
 def decide_http(snapshot: PolicySnapshot, direction: Direction, local: Endpoint, peer: Peer,
-                dport: int, meta: HttpRequestMeta) -> Verdict:
+                dport: int, meta: HttpRequestView) -> Verdict:
     return decide_http_plan(l7_plan(snapshot, direction, local, peer, Proto.TCP, dport), meta)
 
 
-def decide_http_plan(plan: L7Plan, meta: HttpRequestMeta) -> Verdict:
+def decide_http_plan(plan: L7Plan, meta: HttpRequestView) -> Verdict:
     """`decide_http` once the plan is known (the proxy keeps plans per connection pair).
     Reads meta's method, path, host and only the headers named in `plan.http_headers`."""
     if plan.fixed is not None:

@@ -22,7 +22,7 @@ import re2
 
 from policy.dnsname import RE2_OPTIONS, NameMatcher
 from policy.selector import LabelView, Selector
-from policy.types import Direction, HttpRequestMeta, L4Action, Proto
+from policy.types import Direction, HttpRequestView, L4Action, Proto
 
 L4_PROTOS = (Proto.TCP, Proto.UDP, Proto.SCTP)  # what ANY stands for (policy-semantics §5)
 
@@ -102,7 +102,7 @@ class HttpRule:
         """Every header name `matches` may read (no other header can change its answer)."""
         return frozenset([n for n, _ in self.headers] + [hm.name for hm in self.header_matches])
 
-    def matches(self, meta: HttpRequestMeta) -> bool:
+    def matches(self, meta: HttpRequestView) -> bool:
         if self.method is not None and not self.method.fullmatch(meta.method):
             return False
         if self.path is not None and not self.path.fullmatch(meta.path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class Direction(enum.Enum):
@@ -212,3 +213,19 @@ class HttpRequestMeta:
     path: str
     host: str
     headers: tuple[tuple[str, str], ...] = ()
+
+
+class HttpRequestView(Protocol):
+    """What the HTTP rules read of a request, with HttpRequestMeta's meaning: an
+    HttpRequestMeta, or the HTTP proxy's prepared request (proxy/http/request.py), which
+    carries the same four fields for what it forwards, so the proxy decides on the request
+    itself without building a second object per request."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]: ...

@@ -2,8 +2,9 @@
 
 Contract: `prepare_request(gate, head, conn, limits)` checks the head's semantics (framing,
 Host, target form, hop-by-hop fields), normalizes the target, and returns a
-`PreparedRequest` whose `meta` is exactly what the policy sees and whose `upstream_head` is
-exactly what the origin receives: a fresh serialisation (RFC 9110 §7.6.1 hop-by-hop fields
+`PreparedRequest` whose method, path, host and headers are exactly what the policy sees (it
+is the policy's `HttpRequestView`) and whose `upstream_head` is exactly what the origin
+receives: a fresh serialisation (RFC 9110 §7.6.1 hop-by-hop fields
 removed, one Host, one framing header), never the client's bytes. Raises `HttpReject`.
 """
 
@@ -11,11 +12,8 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Final
+from dataclasses import dataclass
 
-from policy.types import HttpRequestMeta
 from proxy.http.actions import ConnInfo
 from proxy.http.codec import CodecHead, codec_agrees
 from proxy.http.limits import HttpLimits
@@ -46,7 +44,11 @@ class PreparedRequest:
     method: str
     version: str  # client's version, "1.0" | "1.1"
     protocol: str  # "HTTP/1.0" | "HTTP/1.1", for flow records
-    meta: HttpRequestMeta
+    # what the policy decides on (policy.types.HttpRequestView, HttpRequestMeta's fields): the
+    # normalized target, the Host value forwarded, the fields forwarded (Host first)
+    path: str
+    host: str
+    headers: tuple[tuple[str, str], ...]
     url: str  # http://host/path, for flow records
     upstream_head: bytes
     body: BodyKind
@@ -59,14 +61,16 @@ class PreparedRequest:
     # Written out (dataclass keeps an __init__ the class defines; eq and repr stay
     # generated): compiled (proxy/compiled.py), this is C, where the generated one would
     # stay interpreted (~41 bytecodes per request).
-    def __init__(self, method: str, version: str, protocol: str, meta: HttpRequestMeta,
-                 url: str, upstream_head: bytes, body: BodyKind, length: int,
-                 keep_alive: bool, expect_continue: bool, upgrade: str | None,
-                 is_connect: bool) -> None:
+    def __init__(self, method: str, version: str, protocol: str, path: str, host: str,
+                 headers: tuple[tuple[str, str], ...], url: str, upstream_head: bytes,
+                 body: BodyKind, length: int, keep_alive: bool, expect_continue: bool,
+                 upgrade: str | None, is_connect: bool) -> None:
         self.method = method
         self.version = version
         self.protocol = protocol
-        self.meta = meta
+        self.path = path
+        self.host = host
+        self.headers = headers
         self.url = url
         self.upstream_head = upstream_head
         self.body = body
@@ -156,35 +160,6 @@ _SPECIAL = frozenset({"host", "transfer-encoding", "content-length", "connection
 
 PROTOCOL = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1"}
 
-# HttpRequestMeta is a frozen dataclass: its generated __init__ sets each field through
-# object.__setattr__. Setting the four slots through their descriptors builds an equal value
-# with ~3,500 fewer instructions (callgrind), once per request on the fast path. Used only
-# while the class has exactly these fields and no __post_init__ (test_fastpaths.py pins it).
-# Final: compiled (proxy/compiled.py), these are C statics, not a module-dict lookup each
-# (seven per request were ~700 instructions, callgrind).
-_META_FIELDS = ("method", "path", "host", "headers")
-META_DIRECT: Final = (tuple(f.name for f in fields(HttpRequestMeta)) == _META_FIELDS
-                      and not hasattr(HttpRequestMeta, "__post_init__"))
-_new: Final = object.__new__
-_META_CLASS: Final = HttpRequestMeta
-_SETTERS: Final[tuple[Callable[[HttpRequestMeta, object], None], ...]] = tuple(
-    HttpRequestMeta.__dict__[name].__set__ for name in _META_FIELDS) if META_DIRECT else ()
-
-
-def new_meta(method: str, path: str, host: str,
-             headers: tuple[tuple[str, str], ...]) -> HttpRequestMeta:
-    """`HttpRequestMeta(method, path, host, headers)`, built cheaply (see META_DIRECT)."""
-    if not META_DIRECT:
-        return HttpRequestMeta(method, path, host, headers)
-    meta: HttpRequestMeta = _new(_META_CLASS)
-    set_method, set_path, set_host, set_headers = _SETTERS
-    set_method(meta, method)
-    set_path(meta, path)
-    set_host(meta, host)
-    set_headers(meta, headers)
-    return meta
-
-
 def serialise(method: str, target: str, fwd: list[tuple[str, str]]) -> bytes:
     # One C-level join over the validated pieces (no per-field Python formatting).
     return "".join((method, " ", target, " HTTP/1.1\r\n", "\r\n".join(map(": ".join, fwd)),
@@ -207,9 +182,8 @@ def _prepare_plain(gate: GateResult, conn: ConnInfo, limits: HttpLimits) -> Prep
     host, target = _resolve_target(method, gate.target, host_hdr, conn, limits)
     fwd = [("host", host)]
     fwd += [kv for kv in headers if kv[0] != "host"]
-    meta = HttpRequestMeta(method, target, host, tuple(fwd))
     url = "".join(("http://", host, target)) if target[0] == "/" else "http://" + host
-    return PreparedRequest(method, version, PROTOCOL[version], meta, url,
+    return PreparedRequest(method, version, PROTOCOL[version], target, host, tuple(fwd), url,
                            serialise(method, target, fwd), BodyKind.NONE, 0,
                            version == "1.1", False, None, method == "CONNECT")
 
@@ -267,7 +241,7 @@ def prepare_request(gate: GateResult, head: CodecHead, conn: ConnInfo,
     if upgrade is not None:
         fwd += [("connection", "upgrade"), ("upgrade", upgrade)]
     upstream_head = serialise(method, target, fwd)
-    meta = HttpRequestMeta(method, target, host, tuple(fwd))
     url = "".join(("http://", host, target)) if target[0] == "/" else "http://" + host
-    return PreparedRequest(method, version, PROTOCOL[version], meta, url, upstream_head, kind,
-                           length, keep_alive, expect_continue, upgrade, is_connect)
+    return PreparedRequest(method, version, PROTOCOL[version], target, host, tuple(fwd), url,
+                           upstream_head, kind, length, keep_alive, expect_continue, upgrade,
+                           is_connect)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from observe.flow import Flow, FlowVerdict
 from policy.errors import ProtocolStateError
-from policy.types import Decision, DropReason, HttpRequestMeta, Verdict
+from policy.types import Decision, DropReason, HttpRequestView, Verdict
 from proxy.http.actions import (
     Action,
     ConnInfo,
@@ -68,7 +68,7 @@ from proxy.http.wire import (
 
 log = logging.getLogger(__name__)
 
-Decide = Callable[[ConnInfo, HttpRequestMeta], Verdict]
+Decide = Callable[[ConnInfo, HttpRequestView], Verdict]
 
 
 def _to_client(out: list[Action], data: bytes) -> None:
@@ -301,9 +301,9 @@ class HttpSession:
             else:
                 raise HttpReject(400, f"{ex.codec.name} saw more than one message")
 
-    def _verdict(self, meta: HttpRequestMeta) -> Verdict:
+    def _verdict(self, req: HttpRequestView) -> Verdict:
         try:
-            return self._decide(self.conn, meta)
+            return self._decide(self.conn, req)
         except Exception:  # fail closed: a broken decide() must never let a request through
             return self._decide_failed()
 
@@ -313,7 +313,7 @@ class HttpSession:
         return Verdict(Decision.DENIED, rule_id="decide-error", reason=DropReason.POLICY_DENIED)
 
     def _start_exchange(self, ex: Exchange, out: list[Action]) -> None:
-        self._apply_verdict(ex, self._verdict(ex.req.meta), out)
+        self._apply_verdict(ex, self._verdict(ex.req), out)
 
     def _apply_verdict(self, ex: Exchange, verdict: Verdict, out: list[Action]) -> None:
         req = ex.req

@@ -51,7 +51,7 @@ from proxy.http.actions import Action, Emit, SendClient
 from proxy.http.exchange import CLIENT_WAIT, NO_BODY, UP_HEAD, ClientState, Exchange
 from proxy.http.fast import plain_request_wire, plain_response
 from proxy.http.flows import lazy_http_flow
-from proxy.http.request import AUTHORITY, PROTOCOL, BodyKind, PreparedRequest, new_meta
+from proxy.http.request import AUTHORITY, PROTOCOL, BodyKind, PreparedRequest
 from proxy.http.response import ResponseFraming
 from proxy.http.wire import LengthDecoder
 
@@ -104,8 +104,7 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
         # last full-path message left it (see the module docstring).
         if host != host_raw:
             fields[0] = ("host", host)
-        req = PreparedRequest(method, version, PROTOCOL[version],
-                              new_meta(method, target, host, tuple(fields)),
+        req = PreparedRequest(method, version, PROTOCOL[version], target, host, tuple(fields),
                               "".join(("http://", host, target)),
                               # serialise(method, target, fields), from the pieces
                               # plain_request_wire remembered with the lines
@@ -118,7 +117,7 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
     ex = Exchange(req, s._codec, NO_BODY, False, s._clock_ns())
     ex.codec_end = True
     try:
-        verdict = s._decide(s.conn, req.meta)
+        verdict = s._decide(s.conn, req)
     except Exception:  # fail closed, as HttpSession._verdict does
         verdict = s._decide_failed()
     if verdict.decision is not _ALLOW:

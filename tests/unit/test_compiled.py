@@ -87,14 +87,12 @@ def test_written_out_inits_match_their_dataclass_fields() -> None:
     parameters are the fields in order, and every field not passed gets its default."""
     from dataclasses import MISSING, fields
 
-    from policy.types import HttpRequestMeta
     from proxy.http.codec import codec_factory
     from proxy.http.exchange import NO_BODY, Exchange
     from proxy.http.request import BodyKind, PreparedRequest
 
-    meta = HttpRequestMeta("GET", "/", "h", ())
-    values = ["GET", "1.1", "HTTP/1.1", meta, "http://h/", b"GET / HTTP/1.1\r\n\r\n",
-              BodyKind.NONE, 0, True, False, None, False]
+    values = ["GET", "1.1", "HTTP/1.1", "/", "h", (("host", "h"),), "http://h/",
+              b"GET / HTTP/1.1\r\n\r\n", BodyKind.NONE, 0, True, False, None, False]
     req = PreparedRequest(*values)  # type: ignore[arg-type]
     assert [getattr(req, f.name) for f in fields(PreparedRequest)] == values
     codec = codec_factory("auto")(1 << 16)

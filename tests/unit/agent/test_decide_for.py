@@ -1,6 +1,8 @@
 """The HTTP proxy's per-connection decide (Agent.http_decide_for) answers every request
 exactly as Agent.decide_http does, for local and remote sources, every destination and
-port of the README cluster, with and without learned toFQDNs names."""
+port of the README cluster, with and without learned toFQDNs names. The proxy passes its
+prepared request (the policy's HttpRequestView), so every request is decided both as that
+and as the HttpRequestMeta with the same fields."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import itertools
 from pathlib import Path
 
 from agent.daemon import Agent
+from policy.types import HttpRequestMeta
 from proxy.http.actions import ConnInfo
-from proxy.http.request import new_meta
+from proxy.http.request import BodyKind, PreparedRequest
 from tests.unit.agent.conftest import agent_config
 
 SOURCES = ["10.244.1.10", "10.244.1.11", "10.244.2.10", "10.244.1.53", "203.0.113.5"]
@@ -24,6 +27,14 @@ HEADERS = [(), (("x-debug", "1"),), (("user-agent", "curl"), ("x-request-id", "7
 KINDS: set[str] = set()  # which kinds of per-connection decide the checks went through
 
 
+def request(method: str, path: str, host: str,
+            headers: tuple[tuple[str, str], ...]) -> PreparedRequest:
+    """What the HTTP proxy hands to decide for such a request."""
+    return PreparedRequest(method, "1.1", "HTTP/1.1", path, host, headers,
+                           f"http://{host}{path}", b"", BodyKind.NONE, 0, True, False, None,
+                           False)
+
+
 def _check_all(agent: Agent) -> int:
     """Every connection of SOURCES x DESTS x PORTS, every request shape on each; returns how
     many were allowed (so a test can tell it saw both answers)."""
@@ -34,9 +45,11 @@ def _check_all(agent: Agent) -> int:
         decide = agent.http_decide_for(conn)  # once, at accept
         KINDS.add(decide.__name__)
         for method, path, host, headers in shapes:
-            meta = new_meta(method, path, host, (("host", host), *headers))
-            got = decide(conn, meta)
+            fields = (("host", host), *headers)
+            meta = HttpRequestMeta(method, path, host, fields)
+            got = decide(conn, request(method, path, host, fields))
             assert got == agent.decide_http(conn, meta), (src, dst, port, method, path)
+            assert decide(conn, meta) == got
             allowed += got.is_allowed
     return allowed
 
@@ -66,9 +79,9 @@ def test_readme_example_through_the_connection_decide(cfg_agent: Agent) -> None:
     decide = cfg_agent.http_decide_for(conn)
     assert decide != cfg_agent.decide_http  # a remote source: resolved once
     host = (("host", "my-api"),)
-    assert decide(conn, new_meta("GET", "/api/users", "my-api", host)).is_allowed
-    assert not decide(conn, new_meta("POST", "/api/users", "my-api", host)).is_allowed
-    assert not decide(conn, new_meta("GET", "/admin", "my-api", host)).is_allowed
+    assert decide(conn, request("GET", "/api/users", "my-api", host)).is_allowed
+    assert not decide(conn, request("POST", "/api/users", "my-api", host)).is_allowed
+    assert not decide(conn, request("GET", "/admin", "my-api", host)).is_allowed
 
 
 # my-api also takes requests that carry X-Debug: 1 on 9090 (a rule that reads a header)
@@ -96,5 +109,5 @@ def test_rules_that_read_headers(tmp_path: Path) -> None:
     conn = ConnInfo("10.244.1.10", 40000, "10.244.2.10", 9090, agent.current())
     decide = agent.http_decide_for(conn)
     debug = (("host", "my-api"), ("x-debug", "1"))
-    assert decide(conn, new_meta("GET", "/api/users", "my-api", debug)).is_allowed
-    assert not decide(conn, new_meta("GET", "/api/users", "my-api", debug[:1])).is_allowed
+    assert decide(conn, request("GET", "/api/users", "my-api", debug)).is_allowed
+    assert not decide(conn, request("GET", "/api/users", "my-api", debug[:1])).is_allowed

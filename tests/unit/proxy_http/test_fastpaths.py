@@ -16,9 +16,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from policy.types import HttpRequestMeta
 from proxy import compiled
-from proxy.http import fast, request, wire
+from proxy.http import fast, wire
 from proxy.http import session as session_module
 from proxy.http.actions import Emit, SendClient, SendUpstream
 from proxy.http.codec import HttptoolsCodec
@@ -176,11 +175,10 @@ def check_plain_request(head: bytes, max_headers: int = 100) -> None:
     assert isinstance(full, PreparedRequest), (head, full)
     assert full.body is BodyKind.NONE and not full.expect_continue and full.upgrade is None
     assert full.keep_alive == (version == "1.1") and not full.is_connect
-    assert (full.method, full.version, full.meta.path, full.meta.host) == (
-        method, version, target, host)
+    assert (full.method, full.version, full.path, full.host) == (method, version, target, host)
     gate = check_request_head(head, 60 * 1024, 100)
     assert fields == gate.headers  # what the codecs are compared with
-    assert full.meta.headers == (("host", host), *fields[1:])
+    assert full.headers == (("host", host), *fields[1:])
     assert len(fields) <= max_headers
 
 
@@ -324,15 +322,6 @@ def test_plain_response_takes_the_usual_heads(head: bytes) -> None:
 ])
 def test_plain_response_leaves_everything_else_to_the_full_path(head: bytes) -> None:
     assert fast.plain_response(head, 100) is None
-
-
-def test_direct_meta_equals_the_constructor() -> None:
-    assert request.META_DIRECT, "HttpRequestMeta changed: update request.new_meta"
-    args = ("GET", "/api/x", "h", (("host", "h"), ("a", "b")))
-    built = request.new_meta(*args)
-    assert built == HttpRequestMeta(*args) and hash(built) == hash(HttpRequestMeta(*args))
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        built.path = "/admin"  # type: ignore[misc]
 
 
 def test_actions_keep_their_value_semantics() -> None:
