@@ -104,8 +104,12 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
         # last full-path message left it (see the module docstring).
         if host != host_raw:
             fields[0] = ("host", host)
+        url = s._url  # the last one's when built from the same two objects
+        if target is not s._url_target or host is not s._url_host:
+            url = s._url = "".join(("http://", host, target))
+            s._url_target, s._url_host = target, host
         req = PreparedRequest(method, version, PROTOCOL[version], target, host, tuple(fields),
-                              "".join(("http://", host, target)),
+                              url,
                               # serialise(method, target, fields), from the pieces
                               # plain_request_wire remembered with the lines
                               b"".join((first_wire, s._host_wire, rest_wire, b"\r\n")),

@@ -471,3 +471,18 @@ def test_not_plain_name_tree_is_the_plain_name_set(word: str, flips: int, cut: i
     for text in (name, name[:cut] + tail, tail + name, name[:-1] + tail):
         assert (re.match(fast._NOT_PLAIN_NAME_S, text) is None) == (
             NOT_PLAIN_REFERENCE.match(text) is None), text
+
+
+def test_each_flow_has_its_own_requests_url() -> None:
+    """The fast path reuses the last URL while the target and Host repeat: a new Host or
+    target on the same connection gets its own."""
+    s = make("auto", decide=allow_all).session
+    urls = []
+    for host, target in [("one", "/a"), ("one", "/a"), ("Two", "/a"), ("two", "/b"),
+                         ("two", "/b"), ("one", "/b")]:
+        assert s.feed_client(b"GET %s HTTP/1.1\r\nHost: %s\r\nX-Id: %d\r\n\r\n"
+                             % (target.encode(), host.encode(), len(urls)))
+        out = s.feed_upstream(OK_RESPONSE)
+        urls += [a.flow.http.url for a in out if isinstance(a, Emit)]
+    assert urls == ["http://one/a", "http://one/a", "http://two/a", "http://two/b",
+                    "http://two/b", "http://one/b"]
