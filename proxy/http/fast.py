@@ -252,11 +252,16 @@ def plain_request_wire(head: bytes, max_headers: int,
     n = len(lines)
     if n < 2 or n - 1 > max_headers:
         return None
+    # the index of the one field line no memo knew; -2 if several, or if the request line
+    # or Host line was new too (a target that changes per request: a template cut around
+    # the field would never match the next head)
+    fresh = -1
     line = lines[0]
     if line == memo.first_line:
         first = memo.first
         first_wire = memo.first_wire
     else:
+        fresh = -2
         m = _REQUEST_LINE_B.fullmatch(line)
         if m is None:
             return None
@@ -269,6 +274,7 @@ def plain_request_wire(head: bytes, max_headers: int,
     if line == memo.host_line:
         host = memo.host
     else:
+        fresh = -2
         m = _HOST_LINE_B.fullmatch(line)
         if m is None:
             return None
@@ -280,7 +286,6 @@ def plain_request_wire(head: bytes, max_headers: int,
         return first[0], first[1], first[2], fields, first_wire, b""
     wires: list[bytes] = []
     get = memo.fields.get
-    fresh = -1  # the index of the one field line no memo knew, -2 if several
     for line in lines[2:]:
         known = get(line)
         if known is None:

@@ -249,3 +249,18 @@ def test_the_template_answers_without_the_lines(monkeypatch: pytest.MonkeyPatch)
                   b"GET / HTTP/1.1\r\nHost: h\r\nX: 2\r\n\r\n"])
     assert memo.near == b"GET / HTTP/1.1\r\nHost: h\r\nX:"
     assert memo.near_suffix == b"\r\nX: 2\r\n\r\n"
+
+
+def test_no_template_while_the_request_line_or_host_changes() -> None:
+    """A target (or Host) that changes on every request, with a request id: each head has a
+    new request line (or Host line) besides the new id, so no template is cut (it could
+    never match the next head)."""
+    memo = check([b"GET /api/users/%d HTTP/1.1\r\nHost: svc\r\nA: b\r\nX-Id: %d\r\n\r\n" % (i, i)
+                  for i in range(4)])
+    assert memo.near is None
+    memo = check([b"GET / HTTP/1.1\r\nHost: svc%d\r\nA: b\r\nX-Id: %d\r\n\r\n" % (i, i)
+                  for i in range(4)])
+    assert memo.near is None
+    memo = check([b"GET / HTTP/1.1\r\nHost: svc\r\nA: b\r\nX-Id: %d\r\n\r\n" % i
+                  for i in range(3)])
+    assert memo.near == b"GET / HTTP/1.1\r\nHost: svc\r\nA: b\r\nX-Id:"
