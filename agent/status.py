@@ -57,7 +57,9 @@ def build_status(agent: Agent) -> dict[str, Any]:
         import gc
         out["gc"] = {"frozen_objects": gc.get_freeze_count(),
                      "full_passes": agent.gc_policy.full_passes,
-                     "last_full_pause_ms": round(agent.gc_policy.last_full_pause_s * 1e3, 1)}
+                     "last_full_pause_ms": round(agent.gc_policy.last_full_pause_s * 1e3, 1),
+                     # passes per generation since start (young passes stay short: gctune)
+                     "collections": [g["collections"] for g in gc.get_stats()]}
     out["datapath"] = _datapath(agent, problems)
     out["healthy"] = not problems
     out["problems"] = problems

@@ -135,6 +135,19 @@ def test_status_is_unhealthy_without_proxies_and_healthy_with_them(cfg: AgentCon
     assert st["endpoints"][0]["endpoint"] == "default/my-api"
 
 
+def test_status_counts_collector_passes_per_generation(cfg: AgentConfig) -> None:
+    import gc
+
+    from agent.gctune import GcPolicy
+    agent = Agent(cfg)
+    agent.state = agent._initial_state()
+    agent.gc_policy = GcPolicy(0.0)
+    before = agent.status()["gc"]["collections"]
+    gc.collect(0)
+    after = agent.status()["gc"]["collections"]
+    assert len(before) == len(after) == 3 and after[0] == before[0] + 1, (before, after)
+
+
 def test_datapath_event_becomes_a_hubble_flow(cfg: AgentConfig) -> None:
     st, _ = read_cluster_state(cfg, 1)
     ev = DatapathEvent(time_ns=0, is_drop=True, reason=DropReason.POLICY_DENIED, verdict=None,
