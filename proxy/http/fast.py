@@ -150,6 +150,12 @@ LINE_MEMO_BYTES = 4096
 LINE_MEMO_LINE = 1024
 
 
+# The template (LineMemo.near) is cut only from heads of at most this many bytes: it holds the
+# head, its decoded fields and its upstream pieces (~3-4x that), so 10,000 connections (the
+# cap) keep at most ~80 MB for it. Ordinary heads are far smaller (perf-anchors.md B3).
+NEAR_MAX_HEAD_BYTES = 2048
+
+
 # Names of field lines that passed _FIELD_LINE (raw bytes before the first colon -> the
 # lower-cased name and b"name: "), per connection, up to NAME_MEMO_BYTES bytes of names.
 NAME_MEMO_BYTES = 1024
@@ -175,8 +181,9 @@ class LineMemo:
         self.size = 0  # bytes of the field lines held
         self.names: dict[bytes, tuple[str, bytes]] = {}  # raw -> (name, b"name: ")
         self.names_size = 0  # bytes of the names held
-        # The template (plain_request_wire): the head accepted last that had exactly one
-        # field line no memo knew, cut around that line's value. `near` is the head up to
+        # The template (plain_request_wire): the head accepted last whose request line and
+        # Host line were remembered and which had exactly one field line no memo knew, cut
+        # around that line's value. `near` is the head up to
         # and including the line's colon (None: no template), `near_suffix` the rest from
         # the CRLF ending the line; `near_pieces` (line count, index of the field,
         # method, target, version); `near_fields` the answer's fields; `near_name` and
@@ -224,8 +231,9 @@ def plain_request_wire(head: bytes, max_headers: int,
     loop, once the flow ring is full (requests 9,600-16,000), 59.5k -> 53.75k per request,
     where a head repeated byte for byte (the session's whole-head memo) costs 39.1k. A new
     field line is matched decoded (its groups come out as str).
-    The template: a head accepted with exactly one field line that no memo knew (a request
-    id among repeated lines) is kept cut around that line's value (`LineMemo.near`). A head
+    The template: a head accepted with its request line and Host line remembered and exactly
+    one field line that no memo knew (a request id among repeated lines), of at most
+    NEAR_MAX_HEAD_BYTES, is kept cut around that line's value (`LineMemo.near`). A head
     that is the template's start, then printable latin-1 (no CR, LF or other control byte:
     inside the value class), then the template's end, with the two not overlapping, is
     that head with this one value changed: the same lines in the same places, each passing
@@ -295,7 +303,7 @@ def plain_request_wire(head: bytes, max_headers: int,
             fresh = len(fields) if fresh == -1 else -2
         fields.append(known[0])
         wires.append(known[1])
-    if fresh > 0 and len(head) <= LINE_MEMO_BYTES:
+    if fresh > 0 and len(head) <= NEAR_MAX_HEAD_BYTES:
         _set_near(head, lines, fresh, first, first_wire, fields, wires, memo)
     return first[0], first[1], first[2], fields, first_wire, b"".join(wires)
 

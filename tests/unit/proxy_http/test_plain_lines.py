@@ -264,3 +264,8 @@ def test_no_template_while_the_request_line_or_host_changes() -> None:
     memo = check([b"GET / HTTP/1.1\r\nHost: svc\r\nA: b\r\nX-Id: %d\r\n\r\n" % i
                   for i in range(3)])
     assert memo.near == b"GET / HTTP/1.1\r\nHost: svc\r\nA: b\r\nX-Id:"
+    # nor from a head over the template's size bound (its lines are still remembered)
+    big = b"A: " + b"b" * fast.NEAR_MAX_HEAD_BYTES
+    memo = check([b"GET / HTTP/1.1\r\nHost: svc\r\n%s\r\nX-Id: %d\r\n\r\n" % (big, i)
+                  for i in range(3)])
+    assert memo.near is None and big in memo.fields
