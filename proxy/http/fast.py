@@ -168,8 +168,8 @@ class LineMemo:
     (raw name -> lower-cased name and how serialise() starts its line)."""
 
     __slots__ = ("fields", "first", "first_line", "first_wire", "host", "host_line", "names",
-                 "names_size", "near", "near_fields", "near_name", "near_name_wire",
-                 "near_pieces", "near_suffix", "near_wire", "size")
+                 "names_size", "near", "near_fields", "near_name_wire", "near_pieces",
+                 "near_suffix", "near_wire", "size")
 
     def __init__(self) -> None:
         self.first_line: bytes | None = None
@@ -186,15 +186,13 @@ class LineMemo:
         # around that line's value. `near` is the head up to
         # and including the line's colon (None: no template), `near_suffix` the rest from
         # the CRLF ending the line; `near_pieces` (line count, index of the field,
-        # method, target, version); `near_fields` the answer's fields; `near_name` and
-        # `near_name_wire` the field's name and how its line starts upstream;
-        # `near_wire` the upstream pieces: the request line, the field lines before and
-        # after it.
+        # method, target, version); `near_fields` the answer's fields; `near_name_wire`
+        # how the field's line starts upstream; `near_wire` the upstream pieces: the request
+        # line, the field lines before and after it.
         self.near: bytes | None = None
         self.near_suffix = b""
         self.near_pieces: tuple[int, int, str, str, str] = (0, 0, "", "", "")
         self.near_fields: list[tuple[str, str]] = []
-        self.near_name = ""
         self.near_name_wire = b""
         self.near_wire: tuple[bytes, bytes, bytes] = (b"", b"", b"")
 
@@ -250,7 +248,7 @@ def plain_request_wire(head: bytes, max_headers: int,
             text = raw.decode("latin-1")
             if text.isprintable():  # else the lines below decide
                 fields = memo.near_fields.copy()
-                fields[index] = (memo.near_name, text.strip(" \t"))
+                fields[index] = (fields[index][0], text.strip(" \t"))
                 first_wire, before, after = memo.near_wire
                 return method, target, version, fields, first_wire, b"".join(
                     (before, memo.near_name_wire, raw.strip(b" \t"), b"\r\n", after))
@@ -320,9 +318,7 @@ def _set_near(head: bytes, lines: list[bytes], index: int, first: tuple[str, str
     memo.near_suffix = head[start + len(line):]
     memo.near_pieces = (len(lines), index, first[0], first[1], first[2])
     memo.near_fields = fields.copy()
-    name = fields[index][0]
-    memo.near_name = name
-    memo.near_name_wire = (name + ": ").encode("latin-1")
+    memo.near_name_wire = (fields[index][0] + ": ").encode("latin-1")
     memo.near_wire = (first_wire, b"".join(wires[:index - 1]), b"".join(wires[index:]))
 
 

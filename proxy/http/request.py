@@ -4,8 +4,8 @@ Contract: `prepare_request(gate, head, conn, limits)` checks the head's semantic
 Host, target form, hop-by-hop fields), normalizes the target, and returns a
 `PreparedRequest` whose method, path, host and headers are exactly what the policy sees (it
 is the policy's `HttpRequestView`) and whose `upstream_head` is exactly what the origin
-receives: a fresh serialisation (RFC 9110 §7.6.1 hop-by-hop fields
-removed, one Host, one framing header), never the client's bytes. Raises `HttpReject`.
+receives: a fresh serialisation (RFC 9110 §7.6.1 hop-by-hop fields removed, one Host, one
+framing header), never the client's bytes. Raises `HttpReject`.
 """
 
 from __future__ import annotations
