@@ -210,9 +210,12 @@ def emit_l7_flows(flows: list[Flow], st: ClusterState,
                   fqdn_names: Callable[[int, str], list[str]]) -> None:
     """`emit_l7_flow` for each flow of a batch, in place (the agent's flush_l7): consecutive
     unread lazy flows of one address pair and protocol (the usual batch: one client pod
-    talking to one service) share one parts lookup; the DNS names are still looked up per
-    flow, as bind_l7 does."""
+    talking to one service) share one parts lookup and one DNS-names lookup, each flow
+    getting its own copy of the names (as bind_l7's per-flow lookup gives). The names cannot
+    change within a batch: a DNS answer and the names' expiry flush the queue first
+    (Agent.learn_dns, housekeeping)."""
     parts: _BindParts | None = None
+    names: list[str] | None = None
     last_src = last_dst = last_proto = ""
     for flow in flows:
         if not isinstance(flow, LazyFlow) or flow._done:
@@ -222,11 +225,14 @@ def emit_l7_flows(flows: list[Flow], st: ClusterState,
         if parts is None or src_ip != last_src or dst_ip != last_dst or proto != last_proto:
             parts = _bind_parts(st, src_ip, dst_ip, proto != "dns")
             last_src, last_dst, last_proto = src_ip, dst_ip, proto
+            names = None
         flow._bound, direction, src_endpoint_id = parts
         if not flow.traffic_direction:
             flow.traffic_direction = direction
         if src_endpoint_id is not None and dst_ip and proto != "dns":
-            flow._names = fqdn_names(src_endpoint_id, dst_ip)
+            if names is None:
+                names = fqdn_names(src_endpoint_id, dst_ip)
+            flow._names = names.copy()
 
 
 def emit_l7_flow(flow: Flow, st: ClusterState,

@@ -228,3 +228,25 @@ def test_emit_l7_flows_is_emit_l7_flow_each(
         emit_l7_flow(f, states[node], _names)
     emit_l7_flows(batch, states[node], _names)
     assert [f.to_json() for f in batch] == [f.to_json() for f in one]
+    lists = [f.destination_names for f in batch]  # each flow has its own list
+    assert len({id(x) for x in lists}) == len(lists)
+
+
+def test_a_run_of_one_pair_looks_its_names_up_once(states: dict[str, ClusterState]) -> None:
+    """A local pod's egress flows to one address (api.stripe.com's) in one batch: one names
+    lookup, and every flow carries the names in a list of its own."""
+    calls: list[tuple[int, str]] = []
+
+    def counted(endpoint_id: int, ip: str) -> list[str]:
+        calls.append((endpoint_id, ip))
+        return _names(endpoint_id, ip)
+
+    conn = SimpleNamespace(src_ip="10.244.2.10", dst_ip="203.0.113.10", src_port=1,
+                           dst_port=443)
+    req = SimpleNamespace(method="GET", url="http://api.stripe.com/v1", protocol="HTTP/1.1")
+    batch = [lazy_http_flow(i, FlowVerdict.FORWARDED, conn, req, 200, "RESPONSE", 7)  # type: ignore[arg-type]
+             for i in range(5)]
+    emit_l7_flows(batch, states["node2"], counted)
+    assert len(calls) == 1
+    assert [f.destination_names for f in batch] == [["api.stripe.com."]] * 5
+    assert len({id(f.destination_names) for f in batch}) == 5
