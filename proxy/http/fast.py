@@ -183,12 +183,12 @@ class LineMemo:
         self.names_size = 0  # bytes of the names held
         # The template (plain_request_wire): the head accepted last whose request line and
         # Host line were remembered and which had exactly one field line no memo knew, cut
-        # around that line's value. `near` is the head up to
-        # and including the line's colon (None: no template), `near_suffix` the rest from
-        # the CRLF ending the line; `near_pieces` (line count, index of the field,
-        # method, target, version); `near_fields` the answer's fields; `near_name_wire`
-        # how the field's line starts upstream; `near_wire` the upstream pieces: the request
-        # line, the field lines before and after it.
+        # around that line's value. `near` is the head up to and including the line's colon
+        # (None: no template), `near_suffix` the rest from the CRLF ending the line;
+        # `near_pieces` (line count, index of the field, method, target, version);
+        # `near_fields` the answer's fields; `near_name_wire` how the field's line starts
+        # upstream; `near_wire` the upstream pieces: the request line, the field lines
+        # before and after it.
         self.near: bytes | None = None
         self.near_suffix = b""
         self.near_pieces: tuple[int, int, str, str, str] = (0, 0, "", "", "")

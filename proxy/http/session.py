@@ -116,9 +116,8 @@ class HttpSession:
         self._host_raw: str | None = None
         self._host = ""
         self._host_wire = b""  # b"host: " + _host + CRLF, as serialise() writes it
-        self._url = ""  # "http://" + _url_host + _url_target, the last plain request's URL
+        self._url = ""  # "http://" + _host + _url_target ("": none), the last plain URL
         self._url_target = ""
-        self._url_host = ""
         # The fast paths' memo of the last plain head of each direction (session_fast.py).
         self._req_memo: RequestMemo | None = None
         self._resp_memo: ResponseMemo | None = None

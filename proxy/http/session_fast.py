@@ -99,15 +99,16 @@ def fast_request(s: HttpSession, data: bytes) -> list[Action] | bytes | None:
                 return None
             s._host_raw, s._host = host_raw, host
             s._host_wire = b"".join((b"host: ", host.encode("latin-1"), b"\r\n"))
+            s._url_target = ""  # the remembered URL holds the previous Host
         # No codec here: on every head plain_request accepts, llhttp and h11 read the same
         # message (test_plain_codec_agreement.py), and the codec's state is left as the
         # last full-path message left it (see the module docstring).
         if host != host_raw:
             fields[0] = ("host", host)
-        url = s._url  # the last one's when built from the same two objects
-        if target is not s._url_target or host is not s._url_host:
+        url = s._url  # the last one's while the target object repeats under this Host
+        if target is not s._url_target:
             url = s._url = "".join(("http://", host, target))
-            s._url_target, s._url_host = target, host
+            s._url_target = target
         req = PreparedRequest(method, version, PROTOCOL[version], target, host, tuple(fields),
                               url,
                               # serialise(method, target, fields), from the pieces
