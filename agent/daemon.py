@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ CT_IDLE_NS = 300 * 1_000_000_000  # conntrack entries idle this long are reclaim
 CT_ACTIVE_NS = 10 * 1_000_000_000  # a flow seen this recently counts as "in use" for FQDN GC
 CT_SNAPSHOT_NS = 1_000_000_000  # how long one conntrack dump answers "in use" questions
 CT_GC_EVERY = 30  # housekeeping rounds between conntrack sweeps
+# How long a proxy flow may wait in queue_l7's batch before it is published (ring, export,
+# metrics). Why not once per event-loop iteration: under load the loop turns every couple
+# of requests (sandbox, c=64: 2.0-3.2 flows per batch, `l7gate status` flows.l7_batches),
+# and a batch costs ~28k instructions whatever its size (callgrind, scratch flush bench:
+# 40.0k per flow in batches of 1, 26.0k of 2, 21.2k of 3, 14.0k of 14). Readers never see
+# the delay: the API and a metrics scrape flush first (`flush_for_reader`).
+L7_FLUSH_DELAY_S = 0.001
+READER_FLUSH_TIMEOUT_S = 1.0  # a scrape waits at most this long for the loop to flush
 
 
 @dataclass
@@ -121,7 +130,9 @@ class Agent:
         self._rule_names: dict[int, str] = {}
         self._fqdn_name_ids: dict[int, str] = {}
         self._l7_pending: list[Flow] = []  # queue_l7's batch, published by flush_l7
-        self._call_soon: Any = None  # the running loop's call_soon, once run() started
+        self.l7_batches = 0  # flush_l7 calls that published flows
+        self._loop: asyncio.AbstractEventLoop | None = None  # once bind_loop() ran
+        self._flush_at: Any = None  # the pending flush's TimerHandle, if any
 
     # --- state ------------------------------------------------------------------------------
 
@@ -348,28 +359,55 @@ class Agent:
 
     def queue_l7(self, flow: Flow) -> None:
         """The proxies' sink (one call per request / query): `emit_l7`, batched. The flow
-        joins a list that `flush_l7` publishes once per event-loop iteration, after the I/O
-        callbacks of that iteration and before the loop polls again, so no reader (the
-        observe API, a metrics scrape, the exporter) can run in between and see it missing.
-        The state and DNS names it is bound to are those it was emitted under: a reload, a
-        DNS answer and the names' expiry (housekeeping) flush first. Why: a batch takes one
-        call chain, one lock and one deque extend instead of one of each per flow: ~2.2k
-        fewer instructions per request through
-        the HTTP proxy (callgrind, 128.8k -> 126.6k per request end to end in-process, client
-        and origin included; batches of ~14 flows at 64 connections)."""
+        joins a list that `flush_l7` publishes L7_FLUSH_DELAY_S after the first flow joined
+        it. No reader sees a flow missing: the observe API and status (ApiServer's
+        `before_read`) and a metrics scrape (`ScrapeBarrier`) flush first. The state and
+        DNS names it is bound to are those it was emitted under: a reload, a DNS answer and
+        the names' expiry (housekeeping) flush first. Why: a batch takes one call chain, one
+        lock and one deque extend instead of one of each per flow (see L7_FLUSH_DELAY_S)."""
         pending = self._l7_pending
         pending.append(flow)
         if len(pending) == 1:
             self.wake_l7()
 
     def wake_l7(self) -> None:
-        """A flow joined the empty queue: publish it at the end of this event-loop iteration
-        (now when no loop runs: tests, start-up). The HTTP proxy appends to `_l7_pending`
-        and calls this itself (`l7_queue`), as queue_l7 does."""
-        if self._call_soon is None:
+        """A flow joined the empty queue: publish it L7_FLUSH_DELAY_S from now (at once when
+        no loop is bound: tests, start-up). The HTTP proxy appends to `_l7_pending` and calls
+        this itself (`l7_queue`), as queue_l7 does."""
+        loop = self._loop
+        if loop is None:
             self.flush_l7()
-        else:
-            self._call_soon(self.flush_l7)
+        elif self._flush_at is None:
+            self._flush_at = loop.call_later(L7_FLUSH_DELAY_S, self.flush_l7)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Batch proxy flows on `loop` from now on (run() binds its own); None: publish each
+        at once again (after flushing what is queued)."""
+        if loop is None:
+            self.flush_l7()
+        self._loop = loop
+
+    def flush_for_reader(self) -> None:
+        """Publish the queued flows before a reader looks, from any thread: in the loop's
+        thread (or with no loop) at once; from another thread (the metrics server's) by
+        asking the loop and waiting at most READER_FLUSH_TIMEOUT_S (a stuck loop makes the
+        scrape a little stale, never blocked)."""
+        loop = self._loop
+        if loop is None or not loop.is_running() or _in_loop_thread(loop):
+            self.flush_l7()
+            return
+        done = threading.Event()
+
+        def flush() -> None:
+            try:
+                self.flush_l7()
+            finally:
+                done.set()
+        try:
+            loop.call_soon_threadsafe(flush)
+        except RuntimeError:  # closed meanwhile: nothing is queued any more
+            return
+        done.wait(READER_FLUSH_TIMEOUT_S)
 
     def l7_queue(self) -> tuple[list[Flow], Callable[[], None]]:
         """(the pending list, wake_l7) for a proxy that queues flows itself: the list object
@@ -378,11 +416,15 @@ class Agent:
 
     def flush_l7(self) -> None:
         """Publish what queue_l7 collected, in order: `emit_l7` for each, as one batch."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
         pending = self._l7_pending
         if not pending:
             return
         flows = pending.copy()
         pending.clear()
+        self.l7_batches += 1
         st = self.state or self.current()
         names = self._fqdn_names
         emit_l7_flows(flows, st, names)  # binds / enriches each flow in place
@@ -493,7 +535,7 @@ class Agent:
                               allow_private=self.cfg.fqdn_allow_private, in_use=self._in_use)
         restored = self.fqdn.restore()
         log.info("restored %d FQDN IPs from %s", restored, self.fqdn.path)
-        self._call_soon = loop.call_soon
+        self.bind_loop(loop)
         await self._start_proxies()
         if self.cfg.enable_datapath:
             await loop.run_in_executor(None, self._load_datapath, self.state)
@@ -510,7 +552,8 @@ class Agent:
                                          max_size_bytes=self.cfg.flow_export_max_size_mb << 20)
             self._tasks.append(asyncio.ensure_future(self.exporter.run()))
         self.api = ApiServer(self.ring, status_provider=self.status,
-                             handlers={"fqdn_cache": self._api_fqdn})
+                             handlers={"fqdn_cache": self._api_fqdn},
+                             before_read=self.flush_l7)
         await self.api.start(self.cfg.api_socket)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -582,8 +625,7 @@ class Agent:
         for server in (self.http, self.dns, self.api):
             if server is not None:
                 await server.close()
-        self.flush_l7()
-        self._call_soon = None
+        self.bind_loop(None)
         if self.exporter is not None:
             self.exporter.close()
         if self.fqdn is not None:
@@ -592,6 +634,13 @@ class Agent:
             self.metrics_server.stop()
         if self.datapath is not None:
             self.datapath.close()
+
+
+def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _no_names(_endpoint_id: int, _ip: str) -> list[str]:

@@ -46,6 +46,22 @@ class AgentStateCollector(Collector):
                                 value=len(a.state.local) if a.state else 0)
 
 
+class ScrapeBarrier(Collector):
+    """Registered first, so collected first: a scrape starts by having the agent publish the
+    proxy flows it still holds in a batch (`Agent.flush_for_reader`), so it counts every
+    request answered before it began. Yields no metric."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self.agent.flush_for_reader()
+        return iter(())
+
+
 def _bpf_reader(agent: Agent) -> Any:
     def read() -> dict[str, Any]:
         if agent.datapath is None:
@@ -58,6 +74,7 @@ def _bpf_reader(agent: Agent) -> Any:
 
 def setup_metrics(agent: Agent) -> None:
     registry = CollectorRegistry()
+    registry.register(ScrapeBarrier(agent))  # first: the registry collects in this order
     agent.metrics = build_metrics(registry)
     agent.flow_metrics = FlowMetrics(agent.metrics)
     agent.metrics.policy_reloads.labels(result="success").inc()

@@ -30,7 +30,7 @@ def build_status(agent: Agent) -> dict[str, Any]:
                        "ip": str(p.endpoint.ip), "interface": p.interface}
                       for p in (st.local if st else ())],
         "proxies": {},
-        "flows": agent.ring.stats().to_json(),
+        "flows": agent.ring.stats().to_json() | {"l7_batches": agent.l7_batches},
     }
     if st is None:
         problems.append("no policy loaded")

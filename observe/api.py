@@ -12,6 +12,8 @@ Contract (one JSON object per line each way):
 - `{"op": "status"}` replies with whatever `status_provider()` returns.
 - `handlers` add more ops; a handler takes the request dict and returns a dict (or an
   awaitable of one).
+- `before_read()`, when given, runs before every op (the agent publishes the flows it still
+  holds in a batch, so that a read never misses one already answered).
 A slow or stuck follower never blocks the agent: the ring calls us synchronously, we put the
 flow in a bounded per-client queue, and when that queue is full the flow is dropped for that
 client and counted; the client then gets a `lost_events` line (OBSERVER_EVENTS_QUEUE).
@@ -66,8 +68,10 @@ class ApiServer:
 
     def __init__(self, ring: FlowRing, *, status_provider: Callable[[], dict[str, Any]]
                  | None = None, handlers: dict[str, Handler] | None = None,
-                 client_queue_flows: int = CLIENT_QUEUE_FLOWS) -> None:
+                 client_queue_flows: int = CLIENT_QUEUE_FLOWS,
+                 before_read: Callable[[], None] | None = None) -> None:
         self.ring = ring
+        self.before_read = before_read
         self.status_provider = status_provider
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.client_queue_flows = client_queue_flows
@@ -129,6 +133,8 @@ class ApiServer:
             return True
         op = req["op"]
         try:
+            if self.before_read is not None:
+                self.before_read()
             if op == "flows":
                 await self._flows(req, reader, writer)
                 return not req.get("follow")

@@ -108,7 +108,11 @@ async def _proxy(mode: str) -> tuple[Any, Any]:
                               policy_dir=str(tmp / "policies"), state_dir=str(tmp / "state"),
                               enable_datapath=False))
     agent.prepare()
-    agent._call_soon = loop.call_soon  # what Agent.run() sets before the proxies start
+    # what Agent.run() does before the proxies start (older versions: a per-iteration flush)
+    if hasattr(agent, "bind_loop"):
+        agent.bind_loop(loop)
+    else:
+        agent._call_soon = loop.call_soon
     # (getattr, hasattr: the same loop also measures versions from before the batched sink,
     # the per-connection decide and the server-side flow queue; as agent/proxies.py wires it)
     sink = getattr(agent, "queue_l7", agent.emit_l7)
@@ -151,7 +155,9 @@ async def run(mode: str, requests: int, conns: int) -> None:
         done.append(fut)
     total = sum(await asyncio.gather(*done))
     cpu = time.process_time() - started
-    await asyncio.sleep(0)  # the agent's flow batch
+    await asyncio.sleep(0)  # the agent's flow batch (older versions) ...
+    if agent is not None and hasattr(agent, "flush_for_reader"):
+        agent.flush_for_reader()  # ... or what a reader sees (a batch waits L7_FLUSH_DELAY_S)
     if agent is not None and agent.ring.last_seq != total:
         raise RuntimeError(f"{agent.ring.last_seq} flows for {total} requests")
     print(f"{mode}: {total} requests, {cpu / total * 1e6:.1f} µs CPU/request (client and "
