@@ -30,6 +30,7 @@ from agent import gctune
 from agent.endpoints import ClusterEndpoints, load_endpoints
 from agent.flows import emit_l7_flow, emit_l7_flows, flow_from_event
 from agent.fqdnowner import FqdnOwner
+from agent.looplag import LoopLag
 from agent.state import PLAN_CACHE_MAX, ClusterState
 from observe.api import ApiServer
 from observe.export import FlowExporter
@@ -108,6 +109,9 @@ class Agent:
         self.last_reload: dict[str, Any] = {"result": "none"}
         self.ring = FlowRing(capacity=cfg.ring_capacity, on_lost=self._count_lost)
         self.gc_policy: gctune.GcPolicy | None = None  # set once housekeeping runs
+        self.loop_lag: LoopLag | None = None  # set once run() started
+        self.housekeeping_last_s = 0.0  # how long the last / longest housekeeping round took
+        self.housekeeping_max_s = 0.0
         self._bpf_lost_seen = 0  # ringbuf reservations the BPF side could not make
         self.datapath: Any = None
         self.events: Any = None
@@ -536,6 +540,9 @@ class Agent:
         restored = self.fqdn.restore()
         log.info("restored %d FQDN IPs from %s", restored, self.fqdn.path)
         self.bind_loop(loop)
+        observe = self.metrics.loop_lag.labels().observe if self.metrics is not None else None
+        self.loop_lag = LoopLag(loop, observe=observe)
+        self.loop_lag.start()
         await self._start_proxies()
         if self.cfg.enable_datapath:
             await loop.run_in_executor(None, self._load_datapath, self.state)
@@ -584,6 +591,7 @@ class Agent:
         while True:
             await asyncio.sleep(FQDN_GC_INTERVAL_S)
             rounds += 1
+            started = time.perf_counter()
             gc_policy.tick(time.monotonic())  # FQDN_GC_INTERVAL_S == gctune.FREEZE_INTERVAL_S
             try:
                 self.flush_l7()  # queued flows keep the names they were emitted under
@@ -597,6 +605,9 @@ class Agent:
                 self._on_events()  # never leave records behind a skipped wake-up
             except L7gateError as exc:
                 log.error("housekeeping: %s", exc)
+            # the loop waits for it: `l7gate status` shows it beside the loop's lag
+            self.housekeeping_last_s = took = time.perf_counter() - started
+            self.housekeeping_max_s = max(self.housekeeping_max_s, took)
 
     async def _start_proxies(self) -> None:
         from agent.proxies import start_dns_proxy, start_http_proxy
@@ -617,6 +628,8 @@ class Agent:
                 self._unload_dns_policy(self.state)
         if self.events is not None:
             asyncio.get_running_loop().remove_reader(self.events.fileno())
+        if self.loop_lag is not None:
+            self.loop_lag.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -60,6 +60,10 @@ def build_status(agent: Agent) -> dict[str, Any]:
                      "last_full_pause_ms": round(agent.gc_policy.last_full_pause_s * 1e3, 1),
                      # passes per generation since start (young passes stay short: gctune)
                      "collections": [g["collections"] for g in gc.get_stats()]}
+    if agent.loop_lag is not None:
+        out["event_loop"] = {"lag": agent.loop_lag.summary(),
+                             "housekeeping_last_ms": round(agent.housekeeping_last_s * 1e3, 3),
+                             "housekeeping_max_ms": round(agent.housekeeping_max_s * 1e3, 3)}
     out["datapath"] = _datapath(agent, problems)
     out["healthy"] = not problems
     out["problems"] = problems

@@ -18,6 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from metrics.fast import FastCounter, FastHistogram
 from policy.types import DropReason
 
+# the event-loop lag's buckets (agent/looplag.py): from "not late" (uvloop's timers tick in
+# milliseconds) to a stall any client would notice
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
 # --- closed label sets ---------------------------------------------------------------------
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
@@ -127,6 +131,7 @@ class AgentMetrics:
     bpf_map_pressure: Gauge  # l7gate_bpf_map_pressure{map_name} (0..1)
     flow_ring_lost: FastCounter  # l7gate_flow_ring_lost_total
     flow_export_lost: Counter  # l7gate_flow_export_lost_total
+    loop_lag: FastHistogram  # l7gate_event_loop_lag_seconds (agent/looplag.py)
 
 
 def build_metrics(registry: CollectorRegistry,
@@ -175,6 +180,9 @@ def build_metrics(registry: CollectorRegistry,
                                "Flows evicted from or lost before the flow ring", registry=r),
         flow_export_lost=Counter("l7gate_flow_export_lost_total",
                                  "Flows the JSON exporter could not write", registry=r),
+        loop_lag=FastHistogram("l7gate_event_loop_lag_seconds",
+                               "How late the agent's event loop ran a timer due every 10 ms",
+                               [], buckets=LOOP_LAG_BUCKETS, registry=r),
     )
     _preinit(m, bpf_map_names)
     return m
