@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from agent.daemon import Agent
 
 
-def build_status(agent: Agent) -> dict[str, Any]:
+def build_status(agent: Agent, map_sizes: dict[str, int] | None = None) -> dict[str, Any]:
+    """`map_sizes`: the datapath maps' entry counts when the caller walked them already
+    (Agent.status_async does, off the event loop); else they are walked here."""
     st = agent.state
     problems: list[str] = []
     out: dict[str, Any] = {
@@ -64,13 +66,14 @@ def build_status(agent: Agent) -> dict[str, Any]:
         out["event_loop"] = {"lag": agent.loop_lag.summary(),
                              "housekeeping_last_ms": round(agent.housekeeping_last_s * 1e3, 3),
                              "housekeeping_max_ms": round(agent.housekeeping_max_s * 1e3, 3)}
-    out["datapath"] = _datapath(agent, problems)
+    out["datapath"] = _datapath(agent, problems, map_sizes)
     out["healthy"] = not problems
     out["problems"] = problems
     return out
 
 
-def _datapath(agent: Agent, problems: list[str]) -> dict[str, Any]:
+def _datapath(agent: Agent, problems: list[str],
+              map_sizes: dict[str, int] | None) -> dict[str, Any]:
     if not agent.cfg.enable_datapath:
         return {"enabled": False}
     dp = agent.datapath
@@ -86,8 +89,7 @@ def _datapath(agent: Agent, problems: list[str]) -> dict[str, Any]:
         "enabled": True, "loaded": True, "pin_dir": dp.pin_dir,
         "attached": list(agent.attached),
         "proxy_ports": {"http": cfg.http_port, "dns": cfg.dns_port},
-        "maps": {"ipcache": len(maps.ipcache.items()), "policy": len(maps.policy.items()),
-                 "fqdn": len(maps.fqdn.items()), "ct": len(maps.ct.items())},
+        "maps": map_sizes if map_sizes is not None else maps.sizes(),
         "drops": {getattr(k, "name", str(k)): v for k, v in counters.drops.items()},
         "forwarded": counters.forwarded, "redirected": counters.redirected,
         "events_lost": counters.events_lost,

@@ -9,7 +9,8 @@ Contract (one JSON object per line each way):
   "until": NS, "follow": BOOL}` streams `{"flow": {...}}` and `{"lost_events": {...}}` lines,
   then `{"end": true}` unless following. Following streams new flows until the client
   disconnects. SPEC is the filter spec of `observe.filters`.
-- `{"op": "status"}` replies with whatever `status_provider()` returns.
+- `{"op": "status"}` replies with whatever `status_provider()` returns (or, when that is
+  awaitable, what it resolves to).
 - `handlers` add more ops; a handler takes the request dict and returns a dict (or an
   awaitable of one).
 - `before_read()`, when given, runs before every op (the agent publishes the flows it still
@@ -66,8 +67,10 @@ def _line(obj: dict[str, Any]) -> bytes:
 class ApiServer:
     """Serves the ring, status and extra handlers on a Unix socket (see module doc)."""
 
-    def __init__(self, ring: FlowRing, *, status_provider: Callable[[], dict[str, Any]]
-                 | None = None, handlers: dict[str, Handler] | None = None,
+    def __init__(self, ring: FlowRing, *,
+                 status_provider: Callable[[], dict[str, Any]
+                                           | Awaitable[dict[str, Any]]] | None = None,
+                 handlers: dict[str, Handler] | None = None,
                  client_queue_flows: int = CLIENT_QUEUE_FLOWS,
                  before_read: Callable[[], None] | None = None) -> None:
         self.ring = ring
@@ -139,7 +142,8 @@ class ApiServer:
                 await self._flows(req, reader, writer)
                 return not req.get("follow")
             if op == "status":
-                data = self.status_provider() if self.status_provider else {}
+                status = self.status_provider() if self.status_provider else {}
+                data = await status if inspect.isawaitable(status) else status
             elif op in self.handlers:
                 result = self.handlers[op](req)
                 data = await result if inspect.isawaitable(result) else result

@@ -162,6 +162,22 @@ class BpfMap:
             raise RedirectError(f"map {self.name}: delete: {exc.strerror}") from exc
         return True
 
+    def count(self) -> int:
+        """How many keys a walk finds (raw key buffers: nothing decoded or looked up)."""
+        size = int(self.info.key_size)
+        bufs = (ctypes.create_string_buffer(size), ctypes.create_string_buffer(size))
+        attr = _MapElemAttr(map_fd=self.fd, key=0, value=ctypes.addressof(bufs[0]))
+        for n in range(MAP_WALK_LIMIT):
+            try:
+                _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return n
+                raise RedirectError(f"map {self.name}: next key: {exc.strerror}") from exc
+            # the key just found is the next call's start; the other buffer takes the next
+            attr.key, attr.value = attr.value, ctypes.addressof(bufs[(n + 1) % 2])
+        return MAP_WALK_LIMIT
+
     def keys(self, key_type: type[Any]) -> Iterator[Any]:
         """Walk the keys (a snapshot-free walk: concurrent changes may skip or repeat)."""
         prev: CKey | None = None

@@ -289,7 +289,12 @@ def test_restart_keeps_open_connections_and_denies(sb: Sandbox) -> None:
         proc.communicate()  # reaps it and closes its pipes
     evil = sb.external_ip("evil.example.net")
     assert curl(sb, "default/frontend", f"http://{evil}:443/", "-m", "1")[0] == 0
-    assert _status(sb, "node1")["healthy"]
+    st = _status(sb, "node1")
+    assert st["healthy"]
+    # the map sizes (walked in a thread, off the proxies' loop) and the loop's own lag
+    maps = st["datapath"]["maps"]
+    assert maps["ipcache"] > 0 and maps["policy"] > 0 and maps["ct"] > 0, maps
+    assert st["event_loop"]["lag"]["samples"] > 0
 
 
 def test_agent_down_means_redirected_traffic_fails_closed(sb: Sandbox) -> None:

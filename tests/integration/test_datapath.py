@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from policy.types import DropReason, L4Action, Proto
+from redirect import structs as S
 from tests.integration import datapath_helpers as H
 from tests.integration.datapath_helpers import (
     ALL,
@@ -320,6 +321,38 @@ def test_ct_expire_removes_idle_entries(dp: Any, topo: H.Topology) -> None:
     far_future = max(r.last_seen_ns for r in mine) + 10**12
     assert ct.expire(idle_ns=10**9, now_ns=far_future) >= 2
     assert [r for r in ct.items() if r.dport == 8131] == []
+
+
+def test_map_sizes_count_what_items_list(dp: Any, topo: H.Topology) -> None:
+    """`sizes()` (what `l7gate status` shows, walked off the agent's loop) counts the keys
+    alone: equal to the rows items() decodes, the policy map's live generation only; and
+    BpfMap.count() follows entries added and removed."""
+    pa, pb = topo.pods["pa"], topo.pods["pb"]
+    set_policy(dp, (EP_PA, [entry(EG, ID_PB, Proto.TCP, (8132, 8132))]),
+               (EP_PB, [entry(IN, ID_PA, Proto.TCP, (8132, 8132))]))
+    with H.server(pb.name, pb.ip, 8132):
+        s = H.connect(pa.name, pb.ip, 8132)
+        assert s is not None
+        s.close()
+    m = dp.maps
+    sizes = m.sizes()
+    assert sizes == {"ipcache": len(m.ipcache.items()), "policy": len(m.policy.items()),
+                     "fqdn": len(m.fqdn.items()), "ct": len(m.ct.items())}
+    assert sizes["policy"] > 0 and sizes["ct"] >= 2
+    # an entry of the other generation (a swap in progress) is not counted
+    pol = m._m["l7g_policy_v1"]
+    stale = S.PolicyKey(prefixlen=S.L7G_POLICY_FIXED_BITS + 16, gen=m.policy.generation() ^ 1,
+                        direction=0, endpoint_id=EP_PA, identity=ID_PB, proto=6,
+                        dport_be=socket.htons(9))
+    pol.update(stale, S.PolicyVal())
+    assert len(m.policy.items(all_generations=True)) == sizes["policy"] + 1
+    assert m.sizes()["policy"] == sizes["policy"]
+    assert pol.delete(stale)
+    ct = m._m["l7g_ct_v1"]
+    key = S.CtKey(saddr_be=0x0a0000fe, daddr_be=0x0a0000fd, sport_be=1, dport_be=2, proto=6)
+    ct.update(key, S.CtVal(created_ns=1, last_seen_ns=1, packets=1))
+    assert ct.count() == sizes["ct"] + 1
+    assert ct.delete(key) and ct.count() == sizes["ct"]
 
 
 # --- FQDN allowlist ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -79,6 +80,22 @@ def test_status_and_custom_handlers(api_server: Any) -> None:
         request(path, "nope")
     with pytest.raises(ApiError, match="unknown filter field"):
         list(stream_flows(path, {"filter": {"allow": [{"bogus": [1]}]}}))
+
+
+def test_an_awaitable_status_is_awaited_and_before_read_runs_first(api_server: Any) -> None:
+    """The agent's status walks its maps in a thread (a coroutine here), and publishes its
+    queued flows before any op (`before_read`)."""
+    calls: list[str] = []
+
+    async def status() -> dict[str, Any]:
+        calls.append("status")
+        await asyncio.sleep(0)
+        return {"walked": True}
+
+    _, path = api_server(FlowRing(10), status_provider=status,
+                         before_read=lambda: calls.append("before_read"))
+    assert request(path, "status") == {"walked": True}
+    assert calls == ["before_read", "status"]
 
 
 def test_bad_json_gets_error_and_connection_stays_usable(api_server: Any) -> None:
