@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ CT_GC_EVERY = 30  # housekeeping rounds between conntrack sweeps
 # 40.0k per flow in batches of 1, 26.0k of 2, 21.2k of 3, 14.0k of 14). Readers never see
 # the delay: the API and a metrics scrape flush first (`flush_for_reader`).
 L7_FLUSH_DELAY_S = 0.001
+RELOAD_SWITCH_INTERVAL_S = 0.001  # sys.setswitchinterval while a reload compiles
 READER_FLUSH_TIMEOUT_S = 1.0  # a scrape waits at most this long for the loop to flush
 
 
@@ -179,23 +181,66 @@ class Agent:
     def reload(self) -> bool:
         """Re-read endpoints and policy; swap on success, keep everything on failure."""
         try:
-            st, warnings = read_cluster_state(self.cfg, self.generation + 1)
+            read = read_cluster_state(self.cfg, self.generation + 1)
+        except (PolicyError, ConfigError, L7gateError) as exc:
+            return self._reload_failed(exc)
+        return self._reload_with(*read)
+
+    async def reload_async(self) -> bool:
+        """`reload()` as the running agent does it (SIGHUP): the files are read, compiled and
+        expanded into policy-map entries in a thread, so the proxies keep serving meanwhile
+        (402 policies: 306 ms compile + 229 ms expansion, which held the loop 430-875 ms per
+        reload); the map writes and the swap follow on the loop, in one step, as before: no
+        request is decided on a policy the kernel does not enforce yet. The copy of the good
+        files is made in a thread after the swap."""
+        loop = asyncio.get_running_loop()
+        generation = self.generation + 1
+
+        def prepare() -> tuple[ClusterState, list[str]]:
+            st, warnings = read_cluster_state(self.cfg, generation)
+            st.policy_entries()  # the costly expansion (memoized on the new state)
+            return st, warnings
+        # the compiling thread and the loop share the GIL: hand it over every millisecond
+        # rather than every 5 (CPython's default) while it runs
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(RELOAD_SWITCH_INTERVAL_S)
+        try:
+            read = await loop.run_in_executor(None, prepare)
+        except (PolicyError, ConfigError, L7gateError) as exc:
+            return self._reload_failed(exc)
+        finally:
+            sys.setswitchinterval(switch)
+        if not self._reload_with(*read, keep_last_good=False):
+            return False
+        try:  # file copies: in a thread too
+            await loop.run_in_executor(None, self._keep_last_good)
+        except OSError as exc:
+            log.error("reload: cannot keep a copy of the good policy: %s", exc)
+        return True
+
+    def _reload_failed(self, exc: Exception) -> bool:
+        log.error("reload failed, keeping policy revision %s:\n%s",
+                  self.state.snapshot.revision if self.state else "-", exc)
+        self.last_reload = {"result": "failure", "time": time.time(),
+                            "errors": str(exc).splitlines()}
+        if self.metrics is not None:
+            self.metrics.policy_reloads.labels(result="failure").inc()
+            self.metrics.policy_reload_failures.inc()
+        return False
+
+    def _reload_with(self, st: ClusterState, warnings: list[str],
+                     keep_last_good: bool = True) -> bool:
+        try:
             self._apply_datapath(st)
         except (PolicyError, ConfigError, L7gateError) as exc:
-            log.error("reload failed, keeping policy revision %s:\n%s",
-                      self.state.snapshot.revision if self.state else "-", exc)
-            self.last_reload = {"result": "failure", "time": time.time(),
-                                "errors": str(exc).splitlines()}
-            if self.metrics is not None:
-                self.metrics.policy_reloads.labels(result="failure").inc()
-                self.metrics.policy_reload_failures.inc()
-            return False
+            return self._reload_failed(exc)
         for w in warnings:
             log.warning("%s", w)
         self.generation += 1
         self.flush_l7()  # queued flows are bound to the state they were emitted under
         self.state = st
-        self._keep_last_good()
+        if keep_last_good:
+            self._keep_last_good()
         if self.fqdn is not None:
             self.fqdn.reapply()
         self.last_reload = {"result": "success", "time": time.time()}
@@ -594,7 +639,7 @@ class Agent:
         while True:
             await self._reload_requested.wait()
             self._reload_requested.clear()
-            self.reload()
+            await self.reload_async()
 
     async def _housekeeping(self) -> None:
         rounds = 0

@@ -101,6 +101,40 @@ def test_broken_policy_on_reload_keeps_the_old_state(cfg: AgentConfig) -> None:
     assert agent.reload() is True and agent.state is not before and agent.generation == 2
 
 
+def test_sighup_reload_compiles_in_a_thread_and_swaps_on_the_loop(
+        cfg: AgentConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running agent's reload (reload_async) reads and compiles off the event loop, so
+    the proxies keep serving; the swap happens on the loop; a broken file fails as reload()
+    does, naming file and line, and keeps the old state."""
+    import asyncio
+    import threading
+
+    from agent import daemon
+    agent = Agent(cfg)
+    agent.state = agent._initial_state()
+    before = agent.state
+    threads: list[threading.Thread] = []
+    real = daemon.read_cluster_state
+
+    def spying(*args: object) -> object:
+        threads.append(threading.current_thread())
+        return real(*args)  # type: ignore[arg-type]
+    monkeypatch.setattr(daemon, "read_cluster_state", spying)
+
+    async def run() -> tuple[bool, bool, threading.Thread]:
+        ok = await agent.reload_async()
+        swapped_here = agent.state is not before
+        (Path(cfg.policy_dir) / "bad.yaml").write_text("kind: [")
+        failed = await agent.reload_async()
+        return ok and swapped_here, failed, threading.current_thread()
+
+    ok, failed, loop_thread = asyncio.run(run())
+    assert ok and failed is False and agent.generation == 2
+    assert len(threads) == 2 and all(t is not loop_thread for t in threads)
+    assert agent.last_reload["result"] == "failure"
+    assert any("bad.yaml:1" in e for e in agent.last_reload["errors"])
+
+
 def test_start_with_broken_policy_uses_the_last_good_copy(cfg: AgentConfig) -> None:
     Agent(cfg)._initial_state()  # keeps a copy of the good policy in the state dir
     (Path(cfg.policy_dir) / "my-api-l7.yaml").write_text("kind: [")
