@@ -353,10 +353,28 @@ class Agent:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         if self._ct_active is not None and now - self._ct_active[0] < CT_SNAPSHOT_NS:
             return self._ct_active[1]
-        active = {(r.endpoint_id, str(peer)) for r in self.datapath.maps.ct.items()
-                  if now - r.last_seen_ns < CT_ACTIVE_NS for peer in (r.src, r.dst)}
+        active = self._scan_active_flows(now)
         self._ct_active = (now, active)
         return active
+
+    def _scan_active_flows(self, now: int) -> set[tuple[int, str]]:
+        return {(r.endpoint_id, str(peer)) for r in self.datapath.maps.ct.items()
+                if now - r.last_seen_ns < CT_ACTIVE_NS for peer in (r.src, r.dst)}
+
+    async def _refresh_active_flows(self) -> None:
+        """Before the FQDN expiry check: when it will ask `_in_use` (an IP is past its TTL
+        plus grace, as when a long-lived connection outlives its name), dump conntrack in a
+        thread, so that the check reads a fresh snapshot instead of walking the map on the
+        loop (~200 ms with 20k entries, and then every second while such a connection
+        lives)."""
+        fqdn = self.fqdn
+        if self.datapath is None or fqdn is None or not fqdn.cache.due(fqdn.clock(),
+                                                                       fqdn.grace_s):
+            return
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        active = await asyncio.get_running_loop().run_in_executor(
+            None, self._scan_active_flows, now)
+        self._ct_active = (now, active)
 
     # --- flows ----------------------------------------------------------------------------------
 
@@ -647,6 +665,10 @@ class Agent:
         while True:
             await asyncio.sleep(FQDN_GC_INTERVAL_S)
             rounds += 1
+            try:
+                await self._refresh_active_flows()  # in a thread, for fqdn.gc() below
+            except L7gateError as exc:
+                log.error("housekeeping: conntrack dump: %s", exc)
             started = time.perf_counter()
             gc_policy.tick(time.monotonic())  # FQDN_GC_INTERVAL_S == gctune.FREEZE_INTERVAL_S
             try:

@@ -219,6 +219,12 @@ class FqdnCache:
 
     # --- expiry ----------------------------------------------------------------------------
 
+    def due(self, now: float, grace_s: float) -> bool:
+        """Would `expire(now, ..., grace_s)` ask `in_use` about any IP (one past its TTL plus
+        grace)? Lets the caller build what in_use reads beforehand, off the hot path."""
+        return any(state.expiry + grace_s <= now
+                   for ips in self._names.values() for state in ips.values())
+
     def expire(self, now: float, in_use: Callable[[int, str], bool], grace_s: float) -> CacheDelta:
         """Remove IPs whose TTL plus grace has run out and that no open connection uses."""
         delta = CacheDelta()

@@ -77,6 +77,25 @@ def test_expiry_with_grace_and_in_use_never_expires() -> None:
     assert c.ip_count == 0 and c.name_count == 0
 
 
+def test_due_says_exactly_when_expire_would_ask_in_use() -> None:
+    """The agent dumps conntrack (in a thread) only when `due`: it must be true whenever
+    expire() would call in_use, and false otherwise."""
+    c = FqdnCache()
+    assert not c.due(0.0, grace_s=5.0)
+    c.learn(1, "api.stripe.com", [("93.1.1.1", 10), ("93.1.1.2", 30)], 0.0, SELS,
+            allow_private=False)
+    for now, grace in ((0.0, 5.0), (14.9, 5.0), (15.0, 5.0), (34.9, 5.0), (35.0, 5.0),
+                       (10.0, 0.0), (9.9, 0.0), (1000.0, 5.0)):
+        asked: list[str] = []
+
+        def in_use(ep: int, ip: str, asked: list[str] = asked) -> bool:
+            asked.append(ip)
+            return True  # keep everything: the cache stays the same for the next round
+        due = c.due(now, grace_s=grace)
+        c.expire(now, in_use, grace_s=grace)
+        assert due == bool(asked), (now, grace, asked)
+
+
 def test_shared_ip_stays_while_another_name_holds_it() -> None:
     c = FqdnCache()
     c.learn(1, "api.stripe.com", [("93.1.1.1", 10)], 0.0, SELS, allow_private=False)

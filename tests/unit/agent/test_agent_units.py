@@ -225,3 +225,49 @@ def test_drop_towards_an_ip_whose_name_expired_says_so(cfg: AgentConfig) -> None
     # still allowed by a live name, or never learned: a plain POLICY_DENIED
     plain = flow_from_event(ev, st, {}, lambda _e, _i: [], {}, lambda _e, _i: [])
     assert plain.drop_reason_desc == "POLICY_DENIED" and plain.destination_names == []
+
+
+def test_fqdn_expiry_reads_a_conntrack_dump_made_in_a_thread(tmp_path: Path) -> None:
+    """A name past its TTL while a connection still uses its IP: the expiry check asks
+    conntrack every second. The dump is made in a thread before the check (not on the
+    loop), only when an IP is due, and the check reads that snapshot."""
+    import asyncio
+    import ipaddress
+    import threading
+    import time as _time
+    from types import SimpleNamespace
+
+    from agent.fqdnowner import FqdnOwner
+    from tests.unit.agent.conftest import FRONTEND_EGRESS_L7, agent_config
+    agent = Agent(agent_config(tmp_path, "node1", frontend_stripe_l7=FRONTEND_EGRESS_L7))
+    agent.prepare()  # node1: frontend is local there, with a toFQDNs rule
+    now_s = [1000.0]
+    agent.fqdn = FqdnOwner(None, str(tmp_path / "fq"), state=agent.current,
+                           allow_private=True, grace_s=0.0, clock=lambda: now_s[0],
+                           in_use=agent._in_use)
+    agent.fqdn.learn("10.244.1.10", "api.stripe.com", [("203.0.113.10", 60)])
+    ep = agent.current().local_endpoint_str("10.244.1.10")
+    assert ep is not None
+    dumps: list[threading.Thread] = []
+
+    class _Ct:
+        def items(self) -> list[SimpleNamespace]:
+            dumps.append(threading.current_thread())
+            return [SimpleNamespace(endpoint_id=ep.endpoint_id,
+                                    src=ipaddress.IPv4Address("10.244.1.10"),
+                                    dst=ipaddress.IPv4Address("203.0.113.10"),
+                                    last_seen_ns=_time.clock_gettime_ns(_time.CLOCK_BOOTTIME))]
+    agent.datapath = SimpleNamespace(maps=SimpleNamespace(ct=_Ct()))
+
+    async def round_() -> threading.Thread:
+        await agent._refresh_active_flows()
+        assert agent.fqdn is not None
+        agent.fqdn.gc()
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(round_())
+    assert dumps == []  # nothing due yet: no dump at all
+    now_s[0] += 61  # past the TTL: the check will ask whether the connection lives
+    loop_thread = asyncio.run(round_())
+    assert len(dumps) == 1 and dumps[0] is not loop_thread  # dumped once, in a thread
+    assert agent.fqdn.cache.ip_count == 1  # in use: kept (the gc read the snapshot)
