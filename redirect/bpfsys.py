@@ -131,17 +131,22 @@ class BpfMap:
             os.close(self.fd)
             self.fd = -1
 
+    def _call(self, cmd: int, attr: ctypes.Structure, what: str) -> bool:
+        """One map syscall; False when the kernel answers ENOENT (no such key, no next key),
+        RedirectError for any other failure."""
+        try:
+            _bpf(cmd, attr)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise RedirectError(f"map {self.name}: {what}: {exc.strerror}") from exc
+        return True
+
     def lookup(self, key: CKey, value: CBuf) -> bool:
         """Fill `value`; False if the key is absent."""
         attr = _MapElemAttr(map_fd=self.fd, key=ctypes.addressof(key),
                             value=ctypes.addressof(value))
-        try:
-            _bpf(BPF_MAP_LOOKUP_ELEM, attr)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise RedirectError(f"map {self.name}: lookup: {exc.strerror}") from exc
-        return True
+        return self._call(BPF_MAP_LOOKUP_ELEM, attr, "lookup")
 
     def update(self, key: CKey, value: CBuf) -> None:
         attr = _MapElemAttr(map_fd=self.fd, key=ctypes.addressof(key),
@@ -154,13 +159,7 @@ class BpfMap:
     def delete(self, key: CKey) -> bool:
         """Remove `key`; False if it was not there (not an error: removal is idempotent)."""
         attr = _MapElemAttr(map_fd=self.fd, key=ctypes.addressof(key))
-        try:
-            _bpf(BPF_MAP_DELETE_ELEM, attr)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise RedirectError(f"map {self.name}: delete: {exc.strerror}") from exc
-        return True
+        return self._call(BPF_MAP_DELETE_ELEM, attr, "delete")
 
     def count(self) -> int:
         """How many keys a walk finds (raw key buffers: nothing decoded or looked up)."""
@@ -168,12 +167,8 @@ class BpfMap:
         bufs = (ctypes.create_string_buffer(size), ctypes.create_string_buffer(size))
         attr = _MapElemAttr(map_fd=self.fd, key=0, value=ctypes.addressof(bufs[0]))
         for n in range(MAP_WALK_LIMIT):
-            try:
-                _bpf(BPF_MAP_GET_NEXT_KEY, attr)
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    return n
-                raise RedirectError(f"map {self.name}: next key: {exc.strerror}") from exc
+            if not self._call(BPF_MAP_GET_NEXT_KEY, attr, "next key"):
+                return n
             # the key just found is the next call's start; the other buffer takes the next
             attr.key, attr.value = attr.value, ctypes.addressof(bufs[(n + 1) % 2])
         return MAP_WALK_LIMIT
@@ -186,11 +181,7 @@ class BpfMap:
             attr = _MapElemAttr(map_fd=self.fd,
                                 key=0 if prev is None else ctypes.addressof(prev),
                                 value=ctypes.addressof(nxt))
-            try:
-                _bpf(BPF_MAP_GET_NEXT_KEY, attr)
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    return
-                raise RedirectError(f"map {self.name}: next key: {exc.strerror}") from exc
+            if not self._call(BPF_MAP_GET_NEXT_KEY, attr, "next key"):
+                return
             yield nxt
             prev = nxt

@@ -306,14 +306,19 @@ def test_unmarked_traffic_cannot_skip_an_l7_ingress_rule(dp: Any, topo: H.Topolo
     assert drop.reason is DropReason.POLICY_DENIED and drop.src_identity == 1
 
 
-def test_ct_expire_removes_idle_entries(dp: Any, topo: H.Topology) -> None:
+def _one_allowed_connection(dp: Any, topo: H.Topology, port: int) -> None:
+    """pa -> pb:port allowed both ways, one connection opened and closed: two CT entries."""
     pa, pb = topo.pods["pa"], topo.pods["pb"]
-    set_policy(dp, (EP_PA, [entry(EG, ID_PB, Proto.TCP, (8131, 8131))]),
-               (EP_PB, [entry(IN, ID_PA, Proto.TCP, (8131, 8131))]))
-    with H.server(pb.name, pb.ip, 8131):
-        s = H.connect(pa.name, pb.ip, 8131)
+    set_policy(dp, (EP_PA, [entry(EG, ID_PB, Proto.TCP, (port, port))]),
+               (EP_PB, [entry(IN, ID_PA, Proto.TCP, (port, port))]))
+    with H.server(pb.name, pb.ip, port):
+        s = H.connect(pa.name, pb.ip, port)
         assert s is not None
         s.close()
+
+
+def test_ct_expire_removes_idle_entries(dp: Any, topo: H.Topology) -> None:
+    _one_allowed_connection(dp, topo, 8131)
     ct = dp.maps.ct
     mine = [r for r in ct.items() if r.dport == 8131]
     assert len(mine) == 2 and all(r.last_seen_ns >= r.created_ns for r in mine)
@@ -327,13 +332,7 @@ def test_map_sizes_count_what_items_list(dp: Any, topo: H.Topology) -> None:
     """`sizes()` (what `l7gate status` shows, walked off the agent's loop) counts the keys
     alone: equal to the rows items() decodes, the policy map's live generation only; and
     BpfMap.count() follows entries added and removed."""
-    pa, pb = topo.pods["pa"], topo.pods["pb"]
-    set_policy(dp, (EP_PA, [entry(EG, ID_PB, Proto.TCP, (8132, 8132))]),
-               (EP_PB, [entry(IN, ID_PA, Proto.TCP, (8132, 8132))]))
-    with H.server(pb.name, pb.ip, 8132):
-        s = H.connect(pa.name, pb.ip, 8132)
-        assert s is not None
-        s.close()
+    _one_allowed_connection(dp, topo, 8132)
     m = dp.maps
     sizes = m.sizes()
     assert sizes == {"ipcache": len(m.ipcache.items()), "policy": len(m.policy.items()),
