@@ -53,7 +53,7 @@ CT_SNAPSHOT_NS = 1_000_000_000  # how long one conntrack dump answers "in use" q
 CT_GC_EVERY = 30  # housekeeping rounds between conntrack sweeps
 # How long a proxy flow may wait in queue_l7's batch before it is published (ring, export,
 # metrics). Why not once per event-loop iteration: under load the loop turns every couple
-# of requests (sandbox, c=64: 2.0-3.2 flows per batch, `l7gate status` flows.l7_batches),
+# of requests (sandbox, c=64: 1.7-3.7 flows per batch, `l7gate status` flows.l7_batches),
 # and a batch costs ~28k instructions whatever its size (callgrind, scratch flush bench:
 # 40.0k per flow in batches of 1, 26.0k of 2, 21.2k of 3, 14.0k of 14). Readers never see
 # the delay: the API and a metrics scrape flush first (`flush_for_reader`).
