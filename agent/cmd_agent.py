@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 import yaml
@@ -182,6 +183,17 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"FQDN cache:    {st['fqdn_cache']}")
     if "gc" in st:
         lines.append(f"GC:            {st['gc']}")
+    ev = st.get("event_loop")
+    if ev:
+        lag = ev.get("lag", {})
+        stalls = lag.get("stalls", [])
+        last = (f"; last stall {stalls[-1]['ms']} ms at "
+                f"{time.strftime('%H:%M:%S', time.localtime(stalls[-1]['at']))}"
+                if stalls else "")
+        lines.append(f"Event loop:    lag p99 <= {lag.get('p99_under_ms')} ms, max "
+                     f"{lag.get('max_ms')} ms over {lag.get('samples')} ticks, "
+                     f"{len(stalls)} stall(s) >= 10 ms kept{last}; housekeeping max "
+                     f"{ev.get('housekeeping_max_ms')} ms")
     return "\n".join(lines)
 
 

@@ -95,3 +95,20 @@ def test_status_and_metrics_report_the_lag(cfg: AgentConfig) -> None:
     text = generate_latest(agent.registry).decode()
     assert 'l7gate_event_loop_lag_seconds_bucket{le="0.025"} 1.0' in text
     assert 'l7gate_event_loop_lag_seconds_bucket{le="0.01"} 0.0' in text
+
+
+def test_status_text_shows_the_loop_lag() -> None:
+    """`l7gate status` (text) carries one line on the loop: what users read first when every
+    connection slowed at once."""
+    from agent.cmd_agent import format_status
+    lag = _lag()
+    for v in (0.0002,) * 98 + (0.004, 0.0312):
+        lag.record(v)
+    text = format_status({"node": "node2", "healthy": True,
+                          "event_loop": {"lag": lag.summary(), "housekeeping_last_ms": 0.3,
+                                         "housekeeping_max_ms": 5.2}})
+    line = next(ln for ln in text.splitlines() if ln.startswith("Event loop:"))
+    assert "lag p99 <= 5.0 ms" in line and "max 31.2 ms over 100 ticks" in line
+    assert "1 stall(s) >= 10 ms kept; last stall 31.2 ms at " in line
+    assert line.endswith("housekeeping max 5.2 ms")
+    assert "Event loop:" not in format_status({"node": "n", "healthy": True})
