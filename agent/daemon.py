@@ -614,8 +614,8 @@ class Agent:
         restored = self.fqdn.restore()
         log.info("restored %d FQDN IPs from %s", restored, self.fqdn.path)
         self.bind_loop(loop)
-        observe = self.metrics.loop_lag.labels().observe if self.metrics is not None else None
-        self.loop_lag = LoopLag(loop, observe=observe)
+        self.loop_lag = LoopLag(loop, self.metrics.loop_lag.labels()
+                                if self.metrics is not None else None)
         self.loop_lag.start()
         await self._start_proxies()
         if self.cfg.enable_datapath:

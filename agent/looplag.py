@@ -5,12 +5,13 @@ event loop, so anything that holds the loop (a long callback, a collector pass, 
 the host taking the vCPU away) delays every connection at once. Envoy reports the same as
 `server.dispatcher.poll_delay_us`; a Node.js service as its event-loop delay.
 
-Contract: `LoopLag(loop, interval_s, observe=None)`; `start()` arms a timer every
-`interval_s`; each run records its lag = perf_counter() at the run - the time it was due
-(clamped at 0), into bucket counts over BOUNDS_S, a running max, the count and sum, and
-`observe(lag_s)` when given (the agent's Prometheus histogram). Lags of STALL_S or more also
-go to `stalls`: the last MAX_STALLS as (time.time() when it ended, lag_s), so that a stall
-can be put next to what else happened then. `stop()` disarms it. `summary()` is what
+Contract: `LoopLag(loop, hist=None, interval_s)`; `start()` arms a timer every `interval_s`;
+each run records its lag = perf_counter() at the run - the time it was due (clamped at 0)
+into `hist`, a metrics/fast.py histogram child over BOUNDS_S (the agent passes its
+`l7gate_event_loop_lag_seconds` child, so the metric and the status read the same counts;
+without one the monitor keeps its own), and a running max. Lags of STALL_S or more also go
+to `stalls`: the last MAX_STALLS as (time.time() when it ended, lag_s), so that a stall can
+be put next to what else happened then. `stop()` disarms it. `summary()` is what
 `l7gate status` shows.
 
 Resolution: uvloop's timers run on libuv's millisecond clock, cached at the start of a loop
@@ -22,12 +23,12 @@ second at the default 10 ms: about 0.05 % of a CPU).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
+from metrics.fast import HistogramChild
 from metrics.registry import LOOP_LAG_BUCKETS
 
 INTERVAL_S = 0.01
@@ -37,22 +38,30 @@ MAX_STALLS = 32
 
 
 class LoopLag:
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float = INTERVAL_S,
-                 observe: Callable[[float], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, hist: HistogramChild | None = None,
+                 interval_s: float = INTERVAL_S) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        if hist is None:
+            hist = HistogramChild((*BOUNDS_S, math.inf))
+        if hist.bounds != (*BOUNDS_S, math.inf):
+            raise ValueError(f"a loop-lag histogram has the bounds {BOUNDS_S}, not {hist.bounds}")
         self.loop = loop
         self.interval_s = interval_s
-        self.observe = observe
-        self.clock = clock
-        self.counts = [0] * (len(BOUNDS_S) + 1)  # the last one: over BOUNDS_S[-1]
-        self.samples = 0
-        self.sum_s = 0.0
+        self.hist = hist
         self.max_s = 0.0
         self.stalls: deque[tuple[float, float]] = deque(maxlen=MAX_STALLS)
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def counts(self) -> list[int]:
+        """Per bucket of BOUNDS_S, not cumulative; the last: over BOUNDS_S[-1]."""
+        return self.hist.counts
+
+    @property
+    def samples(self) -> int:
+        return sum(self.hist.counts)
 
     def start(self) -> None:
         if self._handle is None:
@@ -64,46 +73,43 @@ class LoopLag:
             self._handle = None
 
     def _arm(self) -> None:
-        self._due = self.clock() + self.interval_s
+        self._due = time.perf_counter() + self.interval_s
         self._handle = self.loop.call_later(self.interval_s, self._tick)
 
     def _tick(self) -> None:
-        self.record(max(0.0, self.clock() - self._due))
+        self.record(max(0.0, time.perf_counter() - self._due))
         self._arm()
 
     def record(self, lag_s: float) -> None:
-        self.counts[bisect_left(BOUNDS_S, lag_s)] += 1
-        self.samples += 1
-        self.sum_s += lag_s
+        self.hist.observe(lag_s)
         if lag_s > self.max_s:
             self.max_s = lag_s
         if lag_s >= STALL_S:
             self.stalls.append((time.time(), lag_s))
-        if self.observe is not None:
-            self.observe(lag_s)
 
     def quantile_bound_s(self, q: float) -> float | None:
         """The upper bound of the bucket holding quantile `q` (None: no samples; inf: over
         the last bound)."""
-        if not self.samples:
+        samples = self.samples
+        if not samples:
             return None
-        rank = q * self.samples
         seen = 0
-        for bound, count in zip((*BOUNDS_S, float("inf")), self.counts, strict=True):
+        for bound, count in zip(self.hist.bounds, self.counts, strict=True):
             seen += count
-            if seen >= rank:
+            if seen >= q * samples:
                 return bound
-        return float("inf")  # pragma: no cover - the counts sum to `samples`
+        return math.inf  # pragma: no cover - the counts sum to `samples`
 
     def summary(self) -> dict[str, Any]:
         def ms(v: float | None) -> float | str | None:
-            if v is None or v == float("inf"):
-                return None if v is None else f">{BOUNDS_S[-1] * 1e3:g}"
-            return round(v * 1e3, 3)
+            if v == math.inf:
+                return f">{BOUNDS_S[-1] * 1e3:g}"
+            return None if v is None else round(v * 1e3, 3)
+        samples = self.samples
         return {
             "interval_ms": self.interval_s * 1e3,
-            "samples": self.samples,
-            "mean_ms": ms(self.sum_s / self.samples) if self.samples else None,
+            "samples": samples,
+            "mean_ms": ms(self.hist.sum / samples) if samples else None,
             "p99_under_ms": ms(self.quantile_bound_s(0.99)),
             "max_ms": ms(self.max_s),
             "buckets": {f"le_{b * 1e3:g}ms": c

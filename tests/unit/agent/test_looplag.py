@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
 
 from agent.daemon import Agent, AgentConfig
 from agent.looplag import BOUNDS_S, MAX_STALLS, STALL_S, LoopLag
-from metrics.fast import FastHistogram
+from metrics.fast import FastHistogram, HistogramChild
 
 
-def _lag(observe: object = None) -> LoopLag:
+def _lag(hist: HistogramChild | None = None) -> LoopLag:
     loop = asyncio.new_event_loop()
     loop.close()  # record() and summary() need no running loop
-    return LoopLag(loop, observe=observe)  # type: ignore[arg-type]
+    return LoopLag(loop, hist)
 
 
 def test_lags_land_in_prometheus_buckets_and_stalls_are_kept() -> None:
-    seen: list[float] = []
-    lag = _lag(seen.append)
-    for v in (0.0, 0.0004, 0.001, 0.0011, 0.003, 0.012, 0.3, 5.0):
+    hist = HistogramChild((*BOUNDS_S, math.inf))  # the agent passes its metric's child
+    lag = _lag(hist)
+    values = (0.0, 0.0004, 0.001, 0.0011, 0.003, 0.012, 0.3, 5.0)
+    for v in values:
         lag.record(v)
+    seen = hist.counts  # the metric and the monitor count in one place
     # a value lands in the first bucket whose bound is >= it (prometheus' rule)
     by_bound = dict(zip((*BOUNDS_S, float("inf")), lag.counts, strict=True))
     assert by_bound[0.001] == 3 and by_bound[0.0025] == 1 and by_bound[0.005] == 1
     assert by_bound[0.025] == 1 and by_bound[0.5] == 1 and by_bound[float("inf")] == 1
-    assert lag.samples == 8 and lag.max_s == 5.0 and seen[-1] == 5.0 and len(seen) == 8
+    assert lag.samples == 8 and lag.max_s == 5.0 and seen[-1] == 1 and sum(seen) == 8
+    assert hist.sum == sum(values)
     assert [ms for _, ms in lag.stalls] == [0.012, 0.3, 5.0]  # STALL_S and over only
     s = lag.summary()
     assert s["max_ms"] == 5000.0 and s["samples"] == 8
@@ -76,6 +80,8 @@ def test_interval_must_be_positive() -> None:
     try:
         with pytest.raises(ValueError, match="interval_s"):
             LoopLag(loop, interval_s=0)
+        with pytest.raises(ValueError, match="bounds"):
+            LoopLag(loop, HistogramChild((0.5, math.inf)))
     finally:
         loop.close()
 
@@ -86,7 +92,7 @@ def test_status_and_metrics_report_the_lag(cfg: AgentConfig) -> None:
     agent.prepare()
     assert "event_loop" not in agent.status()  # run() starts the monitor
     hist: FastHistogram = agent.metrics.loop_lag
-    agent.loop_lag = _lag(hist.labels().observe)
+    agent.loop_lag = _lag(hist.labels())
     agent.loop_lag.record(0.02)
     agent.housekeeping_last_s, agent.housekeeping_max_s = 0.0012, 0.004
     ev = agent.status()["event_loop"]
