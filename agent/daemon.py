@@ -41,6 +41,7 @@ from policy.compile import PolicySnapshot, compile_policies
 from policy.errors import ConfigError, L7gateError, PolicyError
 from policy.load import load_directory
 from policy.types import HttpRequestView, L4Action, Proto, Verdict
+from proxy.busypoll import BusyPoll, default_max_us
 from redirect.marks import proxy_upstream_mark
 
 log = logging.getLogger("l7gate.agent")
@@ -81,6 +82,9 @@ class AgentConfig:
     fqdn_grace_s: float = 5.0
     fqdn_allow_private: bool = False
     http_codec: str = "auto"
+    # --busy-poll-us: the event loop's adaptive polling window (proxy/busypoll.py); "auto":
+    # 200 us with 2+ CPUs and no CPU quota, else off; 0: off
+    busy_poll_us: int | str = "auto"
     # Cilium's --dns-policy-unload-on-shutdown: False = fail closed (DNS of pods with
     # rules.dns fails while the agent is down); True = fail open (their DNS goes straight to
     # the server, unfiltered and teaching no FQDN IPs, until the agent is back).
@@ -112,6 +116,7 @@ class Agent:
         self.ring = FlowRing(capacity=cfg.ring_capacity, on_lost=self._count_lost)
         self.gc_policy: gctune.GcPolicy | None = None  # set once housekeeping runs
         self.loop_lag: LoopLag | None = None  # set once run() started
+        self.busy_poll: BusyPoll | None = None  # set once run() started
         self.housekeeping_last_s = 0.0  # how long the last / longest housekeeping round took
         self.housekeeping_max_s = 0.0
         self._bpf_lost_seen = 0  # ringbuf reservations the BPF side could not make
@@ -617,6 +622,7 @@ class Agent:
         self.loop_lag = LoopLag(loop, self.metrics.loop_lag.labels()
                                 if self.metrics is not None else None)
         self.loop_lag.start()
+        self.busy_poll = self._busy_poll(loop)
         await self._start_proxies()
         if self.cfg.enable_datapath:
             await loop.run_in_executor(None, self._load_datapath, self.state)
@@ -648,6 +654,15 @@ class Agent:
         await self._stop.wait()
         await self._shutdown()
         return 0
+
+    def _busy_poll(self, loop: asyncio.AbstractEventLoop) -> BusyPoll:
+        setting = self.cfg.busy_poll_us
+        if setting == "auto":
+            max_us, why = default_max_us()
+        else:
+            max_us, why = int(setting), "--busy-poll-us"
+        log.info("event loop busy polling: %s", why if max_us else f"off ({why})")
+        return BusyPoll(loop, max_us)
 
     def _api_fqdn(self, req: dict[str, Any]) -> dict[str, Any]:
         rows = self.fqdn.rows(req.get("endpoint"), req.get("name")) if self.fqdn else []
@@ -714,6 +729,8 @@ class Agent:
             asyncio.get_running_loop().remove_reader(self.events.fileno())
         if self.loop_lag is not None:
             self.loop_lag.stop()
+        if self.busy_poll is not None:
+            self.busy_poll.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

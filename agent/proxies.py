@@ -35,6 +35,7 @@ async def start_http_proxy(agent: Agent) -> HttpProxyServer:
         context=lambda _peer, _dst: agent.current(),  # a connection keeps its snapshot
         decide_for=agent.http_decide_for,
         flow_queue=agent.l7_queue(),  # what agent.queue_l7 does, done by the server itself
+        busy_poll=agent.busy_poll,
     )
     await server.start()
     done = compiled.loaded()

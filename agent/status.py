@@ -66,6 +66,8 @@ def build_status(agent: Agent, map_sizes: dict[str, int] | None = None) -> dict[
         out["event_loop"] = {"lag": agent.loop_lag.summary(),
                              "housekeeping_last_ms": round(agent.housekeeping_last_s * 1e3, 3),
                              "housekeeping_max_ms": round(agent.housekeeping_max_s * 1e3, 3)}
+        if agent.busy_poll is not None:
+            out["event_loop"]["busy_poll"] = agent.busy_poll.stats()
     out["datapath"] = _datapath(agent, problems, map_sizes)
     out["healthy"] = not problems
     out["problems"] = problems

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from observe.flow import Flow
+from proxy.busypoll import BusyPoll
 from proxy.http.actions import (
     Action,
     Close,
@@ -108,6 +109,12 @@ class _Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_data = True
+        bp = self.server.busy_poll
+        if bp is not None:  # BusyPoll.kick, inlined while polling (every read)
+            if bp.polling:
+                bp.seen = True
+            else:
+                bp.kick()
         if self.owner is not None:
             self.owner.on_upstream_data(self, data)
         else:  # an idle pooled connection must stay silent
@@ -182,7 +189,14 @@ class _Client(asyncio.Protocol):
         transport.set_write_buffer_limits(srv.limits.high_water_bytes, srv.limits.low_water_bytes)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.server.now  # the sweeper's clock: no call per read
+        srv = self.server
+        self.last_activity = srv.now  # the sweeper's clock: no call per read
+        bp = srv.busy_poll
+        if bp is not None:  # BusyPoll.kick, inlined while polling (every read)
+            if bp.polling:
+                bp.seen = True
+            else:
+                bp.kick()
         session = self.session
         if session is None:
             return
@@ -488,8 +502,11 @@ class HttpProxyServer:
                  context: Callable[[tuple[str, int], tuple[str, int]], object] | None = None,
                  sweep_interval_s: float = SWEEP_INTERVAL_S, express: bool = True,
                  decide_for: Callable[[ConnInfo], Decide] | None = None,
-                 flow_queue: tuple[list[Flow], Callable[[], None]] | None = None) -> None:
+                 flow_queue: tuple[list[Flow], Callable[[], None]] | None = None,
+                 busy_poll: BusyPoll | None = None) -> None:
         self.listen = listen
+        # kicked on every read so the loop polls a little before sleeping (busypoll.py)
+        self.busy_poll = busy_poll
         self.decide = decide
         self.emit = emit
         # (pending, wake): when given, a flow is appended to `pending` here and `wake()`

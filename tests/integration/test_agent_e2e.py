@@ -295,6 +295,10 @@ def test_restart_keeps_open_connections_and_denies(sb: Sandbox) -> None:
     maps = st["datapath"]["maps"]
     assert maps["ipcache"] > 0 and maps["policy"] > 0 and maps["ct"] > 0, maps
     assert st["event_loop"]["lag"]["samples"] > 0
+    # busy polling as --busy-poll-us auto decides on this machine (CPUs, cgroup quota)
+    from proxy.busypoll import default_max_us
+    bp = st["event_loop"]["busy_poll"]
+    assert bp["max_us"] == default_max_us()[0] and bp["enabled"] == (bp["max_us"] > 0), bp
 
 
 def test_agent_down_means_redirected_traffic_fails_closed(sb: Sandbox) -> None:
