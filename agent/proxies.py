@@ -54,6 +54,7 @@ async def start_dns_proxy(agent: Agent) -> tuple[DnsProxyServer, int]:
         transparent=transparent,
         upstream_mark=agent.upstream_mark if transparent else None,
         reject_rcode=cfg.dns_reject,
+        busy_poll=agent.busy_poll,
         **_stage_kwargs(agent),
     )
     await server.start()

@@ -35,6 +35,7 @@ from typing import cast
 from observe.flow import Flow
 from policy.errors import RemoteProtocolError
 from policy.types import Verdict
+from proxy.busypoll import BusyPoll
 from proxy.dns import wire
 from proxy.dns.session import (
     DEFAULT_MAX_INFLIGHT,
@@ -142,6 +143,7 @@ class DnsProxyServer:
         on_stage: Callable[[Stage, float], None] | None = None,
         stage_observers: Mapping[Stage, Callable[[float], None]] | None = None,
         tcp_idle_timeout_s: float = TCP_IDLE_TIMEOUT_S,
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         if not transparent and origdst is None:
             raise ValueError("non-transparent mode needs origdst(client_addr)")
@@ -169,6 +171,7 @@ class DnsProxyServer:
         self._tasks: set[asyncio.Future[None]] = set()
         self._dst_cache: dict[bytes, tuple[str, int]] = {}
         self._listen_budget = _ReadBudget()
+        self.busy_poll = busy_poll  # kicked on every readiness event (proxy/busypoll.py)
         self.emit_errors = 0
         self.send_errors = 0
 
@@ -395,6 +398,8 @@ class DnsProxyServer:
 
     def _on_udp_readable(self) -> None:
         """Drain the listener (bounded by UDP_BATCH): one readiness event, many datagrams."""
+        if self.busy_poll is not None:
+            self.busy_poll.kick()
         sock = self._udp
         assert sock is not None
         feed = self.session.feed_query
@@ -460,6 +465,8 @@ class DnsProxyServer:
 
     def _on_upstream_readable(self, channel: Channel, sock: socket.socket,
                               budget: _ReadBudget) -> None:
+        if self.busy_poll is not None:
+            self.busy_poll.kick()
         feed = self.session.feed_upstream
         execute = self._execute
         recv = sock.recv

@@ -357,3 +357,26 @@ def test_upstream_udp_sockets_are_bounded_idle_ones_evicted(
             for up in ups:
                 await up.close()
     run(main())
+
+
+def test_udp_reads_kick_the_busy_poll(run: Run) -> None:
+    """Every readiness event of the listener and of an upstream socket kicks the loop's
+    busy poll (proxy/busypoll.py), so the loop polls between a query and its answer."""
+    from proxy.busypoll import BusyPoll
+
+    async def main() -> None:
+        bp = BusyPoll(asyncio.get_running_loop(), 200)
+        kicks: list[int] = []
+        orig = bp.kick
+
+        def kick() -> None:
+            kicks.append(1)
+            orig()
+        bp.kick = kick  # type: ignore[method-assign]
+        async with Harness(busy_poll=bp) as h:
+            for i in range(5):
+                got = await udp_ask(h.proxy, raw_query(b"a", b"example", b"com", qid=i + 1))
+                assert rcode(got) == 0
+        # per query: the query's event on the listener and the answer's on the upstream
+        assert len(kicks) >= 10, (len(kicks), bp.stats())
+    run(main())
