@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from metrics.collector import BpfCountersCollector
@@ -32,7 +32,7 @@ class AgentStateCollector(Collector):
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         a = self.agent
         conns = GaugeMetricFamily("l7gate_proxy_active_connections",
                                   "Client connections open on the proxy", labels=["protocol"])
@@ -44,6 +44,15 @@ class AgentStateCollector(Collector):
                                     value=a.fqdn.cache.ip_count)
         yield GaugeMetricFamily("l7gate_endpoints", "Endpoints managed by this agent",
                                 value=len(a.state.local) if a.state else 0)
+        bp = a.busy_poll
+        if bp is not None:  # proxy/busypoll.py: what --busy-poll-us does and costs
+            yield GaugeMetricFamily("l7gate_event_loop_busy_poll_window_seconds",
+                                    "How long the event loop polls after I/O before it "
+                                    "sleeps (self-tuning; 0: it sleeps at once)",
+                                    value=bp.window_s if bp.enabled else 0.0)
+            yield CounterMetricFamily("l7gate_event_loop_busy_poll_wasted_seconds",
+                                      "Seconds the event loop polled in windows that ended "
+                                      "with no I/O", value=bp.wasted_s)
 
 
 class ScrapeBarrier(Collector):

@@ -184,6 +184,10 @@ def test_traffic_becomes_hubble_series(
     wait_values(query, "sum by (node) (hubble_flows_processed_total)", node2_positive)
     wait_values(query, 'sum by (node) (hubble_http_requests_total{status="200"})',
                 node2_positive)
+    # the event loop's busy polling (--busy-poll-us auto) reports what it costs
+    wasted = wait_values(query, "sum by (node) (l7gate_event_loop_busy_poll_wasted_seconds_total)",
+                         lambda v: set(v) == {"node1", "node2"})
+    assert all(x >= 0 for x in wasted.values()), wasted
     # The POST was denied: no 200 may be reported for it.
     post_200 = by_node(query('sum by (node) (hubble_http_requests_total'
                              '{method="POST",status="200"})'))

@@ -242,6 +242,24 @@ def test_the_http_proxy_kicks_on_client_and_upstream_reads() -> None:
     assert kicks >= 1 and kicks + bp.hits >= 40, (kicks, bp.stats())
 
 
+def test_prometheus_shows_the_window_and_the_time_polled_for_nothing() -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metricsrv import AgentStateCollector
+    bp, _loop, _clock = _poll()
+    bp.window_s, bp.wasted_s = 80 * US, 0.25
+    reg = CollectorRegistry()
+    agent = SimpleNamespace(http=None, fqdn=None, state=None, busy_poll=bp)
+    reg.register(AgentStateCollector(agent))  # type: ignore[arg-type]
+    text = generate_latest(reg).decode()
+    assert f"l7gate_event_loop_busy_poll_window_seconds {80 * US!r}" in text
+    assert "l7gate_event_loop_busy_poll_wasted_seconds_total 0.25" in text
+    bp.stop()  # off: the window reads 0
+    assert "l7gate_event_loop_busy_poll_window_seconds 0.0" in generate_latest(reg).decode()
+
+
 def test_default_is_off_on_one_cpu_or_under_a_cpu_quota(tmp_path: Path) -> None:
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text("max 100000\n")
