@@ -9,16 +9,15 @@ virtualisation, the guest's own halt polling off: `haltpoll.guest_halt_poll_ns=0
 kernel command line), wrk -c1 through the agent, 4 alternated pairs in one sandbox:
 sleeping 2,125-3,423 req/s, p50 0.272-0.392 ms; polling 4,084-5,235 req/s, p50
 0.174-0.224 ms (direct, no proxy: ~0.19 ms); DNS at 5,000 q/s, p50 0.392-0.447 ->
-0.275-0.308 ms. haproxy has the same switch (`busy-polling`,
-off by default, "especially ... when running inside virtual machines"); the kernel's
-guest halt polling and KVM's `halt_poll_ns` do it below us with the same self-tuning
-window, which this copies.
+0.275-0.308 ms. haproxy has the same switch (`busy-polling`, off by default, "especially
+... when running inside virtual machines"); the kernel's guest halt polling and KVM's
+`halt_poll_ns` do it below us with the same self-tuning window, which this copies.
 
 Contract: `BusyPoll(loop, max_us)`; the HTTP proxy's protocols call `kick()` on every read
 (inlined: two attribute operations while polling), the DNS proxy on every readiness
 event. After a kick the loop polls until `window` passes with no kick, then sleeps as
-usual. The window adapts like KVM's halt polling
-(virt/kvm/kvm_main.c, `grow_halt_poll_ns` / `shrink_halt_poll_ns`): when the loop slept
+usual. The window adapts like KVM's halt polling (virt/kvm/kvm_main.c,
+`grow_halt_poll_ns` / `shrink_halt_poll_ns`): when the loop slept
 and the next kick came within `max_us` of the last activity (polling longer would have
 caught it), the window doubles (from GROW_START_US) up to `max_us`; when it came later
 (polling would have been wasted), the window halves, and below GROW_START_US it is 0
@@ -94,6 +93,8 @@ class BusyPoll:
 
     def _step(self) -> None:
         """One poll: runs once per loop iteration while polling."""
+        if not self.polling:  # stop() ran
+            return
         now = self.clock()
         if self.seen:
             self.seen = False
@@ -110,7 +111,7 @@ class BusyPoll:
         self.loop.call_soon(self._step)
 
     def stop(self) -> None:
-        """No more polling (the next kick may start it again unless disabled)."""
+        """No more polling: the scheduled poll step ends it, later kicks do nothing."""
         self.enabled = False
         self.polling = False
 
@@ -127,11 +128,11 @@ def default_max_us(cpus: int | None = None, cpu_max: Path = CGROUP_CPU_MAX) -> t
     if cpus is None:
         cpus = len(os.sched_getaffinity(0))
     if cpus < 2:
-        return 0, f"off: {cpus} CPU available to the agent"
+        return 0, f"{cpus} CPU available to the agent"
     try:
         quota = cpu_max.read_text(encoding="ascii").split()[0]
     except (OSError, IndexError):
         quota = "max"
     if quota != "max":
-        return 0, f"off: the agent's cgroup has a CPU quota ({cpu_max}: {quota})"
+        return 0, f"the agent's cgroup has a CPU quota ({cpu_max}: {quota})"
     return DEFAULT_MAX_US, f"{DEFAULT_MAX_US} us ({cpus} CPUs, no CPU quota)"

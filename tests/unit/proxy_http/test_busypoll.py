@@ -169,10 +169,11 @@ def test_stop_ends_polling_for_good() -> None:
     bp.kick()
     assert bp.polling
     bp.stop()
-    loop.step()  # the scheduled step finds polling off... and the next kick changes nothing
+    loop.step()  # the scheduled step finds polling off and ends the chain
+    assert loop.soon == []
     clock.advance_us(20)
-    bp.kick()
-    assert not bp.polling
+    bp.kick()  # and a kick changes nothing
+    assert not bp.polling and loop.soon == []
 
 
 def test_polls_on_a_real_loop_then_sleeps() -> None:
