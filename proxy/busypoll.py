@@ -70,8 +70,9 @@ class BusyPoll:
 
     def kick(self) -> None:
         """I/O happened on the loop: keep polling, or start (the loop had slept)."""
-        self.seen = True
-        if not self.polling and self.enabled:
+        if self.polling:
+            self.seen = True
+        elif self.enabled:
             self._woke()
 
     def _woke(self) -> None:
@@ -84,7 +85,6 @@ class BusyPoll:
             self.window_s /= 2
             if self.window_s < self.grow_start_s:
                 self.window_s = 0.0
-        self.seen = False
         self.last_s = now
         if self.window_s > 0.0:
             self.polling = True

@@ -87,6 +87,16 @@ def loop_factory() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def _kick(bp: BusyPoll | None) -> None:
+    """Every read of both sides: BusyPoll.kick, with its per-iteration case (the loop is
+    polling: one flag) done here without a Python-level call (compiled: a C function)."""
+    if bp is not None:
+        if bp.polling:
+            bp.seen = True
+        else:
+            bp.kick()
+
+
 class _Upstream(asyncio.Protocol):
     """One upstream TCP connection; owned by one client connection or idle in the pool."""
 
@@ -109,12 +119,7 @@ class _Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_data = True
-        bp = self.server.busy_poll
-        if bp is not None:  # BusyPoll.kick, inlined while polling (every read)
-            if bp.polling:
-                bp.seen = True
-            else:
-                bp.kick()
+        _kick(self.server.busy_poll)
         if self.owner is not None:
             self.owner.on_upstream_data(self, data)
         else:  # an idle pooled connection must stay silent
@@ -191,12 +196,7 @@ class _Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         srv = self.server
         self.last_activity = srv.now  # the sweeper's clock: no call per read
-        bp = srv.busy_poll
-        if bp is not None:  # BusyPoll.kick, inlined while polling (every read)
-            if bp.polling:
-                bp.seen = True
-            else:
-                bp.kick()
+        _kick(srv.busy_poll)
         session = self.session
         if session is None:
             return
