@@ -43,7 +43,8 @@ from typing import Final
 
 DEFAULT_MAX_US: Final = 200  # KVM's default halt_poll_ns (200,000 ns on x86)
 GROW_START_US: Final = 10  # KVM's halt_poll_ns_grow_start (10,000 ns)
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # cgroup v2's mount
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 
 
 class BusyPoll:
@@ -121,18 +122,51 @@ class BusyPoll:
                 "misses": self.misses, "wasted_seconds": round(self.wasted_s, 6)}
 
 
-def default_max_us(cpus: int | None = None, cpu_max: Path = CGROUP_CPU_MAX) -> tuple[int, str]:
+def cpu_quota(proc_cgroup: Path = PROC_SELF_CGROUP,
+              root: Path = CGROUP_ROOT) -> tuple[Path, str] | None:
+    """The first CPU quota on the way from our own cgroup up to its hierarchy's root, as
+    (file, quota); None when there is none. cgroup v2 ("0::/PATH" in /proc/self/cgroup):
+    ROOT/PATH/cpu.max other than "max"; v1 (a line whose controllers include cpu):
+    ROOT/cpu/PATH/cpu.cfs_quota_us other than -1. In a container with its own cgroup
+    namespace PATH is "/" and the root's file is the container's; on a host it is the
+    service's cgroup, whose parents may hold the quota."""
+    try:
+        lines = proc_cgroup.read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _hid, controllers, rel = line.split(":", 2)
+        if controllers == "":
+            top, name, unlimited = root, "cpu.max", "max"
+        elif "cpu" in controllers.split(","):
+            top, name, unlimited = root / "cpu", "cpu.cfs_quota_us", "-1"
+        else:
+            continue
+        d = top / rel.strip().lstrip("/")
+        while True:
+            try:
+                quota = (d / name).read_text(encoding="ascii").split()[0]
+            except (OSError, IndexError):
+                quota = unlimited
+            if quota != unlimited:
+                return d / name, quota
+            if d == top or top not in d.parents:
+                break
+            d = d.parent
+    return None
+
+
+def default_max_us(cpus: int | None = None,
+                   find_quota: Callable[[], tuple[Path, str] | None] = cpu_quota,
+                   ) -> tuple[int, str]:
     """The window for `--busy-poll-us auto`, with why. Off (0) where polling takes CPU that
     others need: a single CPU (the origin or the client could not run while we poll) or a
-    CPU quota in our cgroup (polling would spend it and get the agent throttled)."""
+    CPU quota on our cgroup (polling would spend it and get the agent throttled)."""
     if cpus is None:
         cpus = len(os.sched_getaffinity(0))
     if cpus < 2:
         return 0, f"{cpus} CPU available to the agent"
-    try:
-        quota = cpu_max.read_text(encoding="ascii").split()[0]
-    except (OSError, IndexError):
-        quota = "max"
-    if quota != "max":
-        return 0, f"the agent's cgroup has a CPU quota ({cpu_max}: {quota})"
+    found = find_quota()
+    if found is not None:
+        return 0, f"the agent's cgroup has a CPU quota ({found[0]}: {found[1]})"
     return DEFAULT_MAX_US, f"{DEFAULT_MAX_US} us ({cpus} CPUs, no CPU quota)"

@@ -12,7 +12,7 @@ import pytest
 
 from agent.cmd_agent import _config, busy_poll_us
 from policy.errors import ConfigError
-from proxy.busypoll import DEFAULT_MAX_US, GROW_START_US, BusyPoll, default_max_us
+from proxy.busypoll import DEFAULT_MAX_US, GROW_START_US, BusyPoll, cpu_quota, default_max_us
 from proxy.http.server import HttpProxyServer, loop_factory
 
 from .harness import api_get_only
@@ -261,16 +261,39 @@ def test_prometheus_shows_the_window_and_the_time_polled_for_nothing() -> None:
     assert "l7gate_event_loop_busy_poll_window_seconds 0.0" in generate_latest(reg).decode()
 
 
-def test_default_is_off_on_one_cpu_or_under_a_cpu_quota(tmp_path: Path) -> None:
-    cpu_max = tmp_path / "cpu.max"
-    cpu_max.write_text("max 100000\n")
-    assert default_max_us(2, cpu_max)[0] == DEFAULT_MAX_US
-    assert default_max_us(2, tmp_path / "absent")[0] == DEFAULT_MAX_US  # cgroup v1 / host
-    us, why = default_max_us(1, cpu_max)
+def test_default_is_off_on_one_cpu_or_under_a_cpu_quota() -> None:
+    quota = (Path("/sys/fs/cgroup/cpu.max"), "50000")
+    assert default_max_us(2, lambda: None)[0] == DEFAULT_MAX_US
+    us, why = default_max_us(1, lambda: None)
     assert us == 0 and "1 CPU" in why
-    cpu_max.write_text("50000 100000\n")
-    us, why = default_max_us(8, cpu_max)
-    assert us == 0 and "50000" in why
+    us, why = default_max_us(8, lambda: quota)
+    assert us == 0 and "cpu.max: 50000" in why
+
+
+def test_the_quota_is_looked_up_from_our_own_cgroup_upwards(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    root = tmp_path / "fs"
+    svc = root / "system.slice" / "l7gate.service"
+    svc.mkdir(parents=True)
+    (root / "cpu.max").write_text("max 100000\n")
+    (svc / "cpu.max").write_text("max 100000\n")
+    proc.write_text("0::/system.slice/l7gate.service\n")
+    assert cpu_quota(proc, root) is None  # "max" all the way up
+    (root / "system.slice" / "cpu.max").write_text("150000 100000\n")  # a parent's quota
+    assert cpu_quota(proc, root) == (root / "system.slice" / "cpu.max", "150000")
+    proc.write_text("0::/\n")  # a container's own namespace: the root is ours
+    (root / "cpu.max").write_text("200000 100000\n")
+    assert cpu_quota(proc, root) == (root / "cpu.max", "200000")
+    # cgroup v1: the cpu controller's hierarchy, cfs_quota_us -1 meaning none
+    v1 = root / "cpu" / "kubepods" / "pod1"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    proc.write_text("4:memory:/kubepods/pod1\n3:cpu,cpuacct:/kubepods/pod1\n0::/\n")
+    (root / "cpu.max").unlink()
+    assert cpu_quota(proc, root) is None
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    assert cpu_quota(proc, root) == (v1 / "cpu.cfs_quota_us", "50000")
+    assert cpu_quota(tmp_path / "absent", root) is None  # no /proc/self/cgroup
 
 
 def test_setting_parses_auto_and_bounded_microseconds(tmp_path: Path) -> None:
